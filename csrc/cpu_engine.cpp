@@ -1,0 +1,138 @@
+// CPU copy engine: the same protocol as CUDA with a worker thread standing in for the copy
+// streams. One FIFO worker executes both directions in issue order, so "latest copy of a slot done"
+// implies every earlier copy is done, exactly as on a CUDA stream.
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <thread>
+
+#include "ring.h"
+
+namespace lightcache {
+namespace {
+
+class CpuEngine final : public CopyEngine {
+ public:
+  explicit CpuEngine(unsigned delay_us) : delay_us_(delay_us), worker_([this] { run(); }) {}
+
+  ~CpuEngine() override {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+    }
+    work_.notify_all();
+    worker_.join();  // drains the queue first: queued copies still target live memory
+  }
+
+  const char* device_type() const override { return "cpu"; }
+  int device_index() const override { return -1; }
+  HostSlab alloc_host(std::size_t bytes, PinnedMode mode) override { return alloc_host_mlock(bytes, mode); }
+  void free_host(HostSlab& slab) override { free_host_mlock(slab); }
+
+  void init_slots(int num_slots) override {
+    std::lock_guard<std::mutex> lk(mu_);
+    out_.assign(static_cast<std::size_t>(num_slots), 0);
+    in_.assign(static_cast<std::size_t>(num_slots), 0);
+  }
+
+  void copy_out(int slot, void* host, const void* src, std::size_t n, std::uintptr_t) override {
+    enqueue(out_, slot, host, src, n);
+  }
+  void copy_in(int slot, void* dst, const void* host, std::size_t n, std::uintptr_t) override {
+    enqueue(in_, slot, dst, host, n);
+  }
+  bool out_done(int slot) override { return is_done(ticket(out_, slot)); }
+  bool in_done(int slot) override { return is_done(ticket(in_, slot)); }
+  void wait_out(int slot) override { wait(ticket(out_, slot)); }
+  void wait_in(int slot) override { wait(ticket(in_, slot)); }
+  // CPU consumers/producers run synchronously on the host: "the stream waits" = the host waits.
+  void stream_wait_out(int slot, std::uintptr_t) override { wait_out(slot); }
+  void stream_wait_in(int slot, std::uintptr_t) override { wait_in(slot); }
+
+  void synchronize() override {
+    std::uint64_t t;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      t = issued_;
+    }
+    wait(t);
+  }
+
+ private:
+  struct Task {
+    void* dst;
+    const void* src;
+    std::size_t n;
+    std::uint64_t ticket;
+  };
+
+  std::uint64_t ticket(const std::vector<std::uint64_t>& v, int slot) {
+    std::lock_guard<std::mutex> lk(mu_);
+    return v[static_cast<std::size_t>(slot)];
+  }
+
+  void enqueue(std::vector<std::uint64_t>& latest, int slot, void* dst, const void* src, std::size_t n) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      std::uint64_t t = ++issued_;
+      queue_.push_back(Task{dst, src, n, t});
+      latest[static_cast<std::size_t>(slot)] = t;
+    }
+    work_.notify_one();
+  }
+
+  bool is_done(std::uint64_t t) {
+    std::lock_guard<std::mutex> lk(mu_);
+    return completed_ >= t;
+  }
+
+  void wait(std::uint64_t t) {
+    std::unique_lock<std::mutex> lk(mu_);
+    done_.wait(lk, [&] { return completed_ >= t; });
+  }
+
+  void run() {
+    for (;;) {
+      Task task;
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        work_.wait(lk, [&] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) return;  // stop requested and nothing left
+        task = queue_.front();
+        queue_.pop_front();
+      }
+      if (delay_us_) std::this_thread::sleep_for(std::chrono::microseconds(delay_us_));
+      if (task.n) std::memcpy(task.dst, task.src, task.n);
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        completed_ = task.ticket;
+      }
+      done_.notify_all();
+    }
+  }
+
+  unsigned delay_us_;
+  std::mutex mu_;
+  std::condition_variable work_, done_;
+  std::deque<Task> queue_;
+  std::vector<std::uint64_t> out_, in_;  // latest ticket per slot and direction
+  std::uint64_t issued_ = 0, completed_ = 0;
+  bool stop_ = false;
+  std::thread worker_;  // last member: starts after everything it uses exists
+};
+
+}  // namespace
+
+std::unique_ptr<CopyEngine> make_cpu_engine(unsigned copy_delay_us) {
+  return std::unique_ptr<CopyEngine>(new CpuEngine(copy_delay_us));
+}
+
+bool cuda_compiled() {
+#ifdef LIGHTCACHE_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace lightcache

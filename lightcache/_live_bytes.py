@@ -1,0 +1,47 @@
+"""Deterministic CPU memory tracker for tests and benchmarks: live bytes of the tensors allocated
+inside a block.
+
+A ``TorchDispatchMode`` sees every aten op; each fresh (non-aliasing) output storage is counted
+until its Python storage object is finalised (torch preserves one PyObject per storage, so the
+finaliser runs exactly when the storage is freed). Allocations inside a single aten kernel
+(BLAS packing buffers, ...) are invisible; everything a Python-level algorithm materialises is seen.
+Call the CPU kernel function itself inside the block: a custom op is opaque to dispatch modes.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+class LiveBytes(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self.largest = 0  # largest single allocation
+        self.sizes = []
+
+    def _free(self, nbytes):
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        returns = func._schema.returns
+        leaves = out if isinstance(out, (tuple, list)) else [out]
+        for i, t in enumerate(tree_leaves(leaves)):
+            if not isinstance(t, torch.Tensor):
+                continue
+            if i < len(returns) and returns[i].alias_info is not None:
+                continue  # a view, in-place or out= result: no new memory
+            st = t.untyped_storage()
+            n = st.nbytes()
+            self.live += n
+            self.peak = max(self.peak, self.live)
+            self.largest = max(self.largest, n)
+            self.sizes.append(n)
+            weakref.finalize(st, self._free, n)
+        return out

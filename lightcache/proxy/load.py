@@ -1,0 +1,106 @@
+"""Load the trained proxy pipelines shipped in ``lightcache/proxy/weights/``.
+
+Two proxies, trained by ``benchmarks/proxy/train_all.py`` on clips from :mod:`lightcache.proxy.data`:
+
+- ``wan_proxy``: ``WanPipeline`` (``WanTransformer3DModel`` + tiny ``AutoencoderKLWan`` + flow-matching Euler).
+- ``unet_proxy``: ``AnimateDiffPipeline`` (``UNetMotionModel`` + tiny ``AutoencoderKL`` + DDIM), for DeepCache.
+
+Neither has a text encoder: drive them with ``prompt_embeds`` from :func:`embeds_for`.
+diffusers is imported lazily so ``lightcache.proxy.data`` works without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .data import NUM_FRAMES, SIZE, null_embeds, prompt_embeds
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+PROXIES = ("wan_proxy", "unet_proxy")
+# The denoiser weights file of each proxy; its presence means the proxy was trained and saved.
+_DENOISER = {"wan_proxy": "transformer", "unet_proxy": "unet"}
+
+
+def proxy_dir(name: str) -> Path:
+    if name not in PROXIES:
+        raise ValueError(f"unknown proxy {name!r}; expected one of {PROXIES}")
+    return WEIGHTS_DIR / name
+
+
+def weights_available(name: str) -> bool:
+    """True when the proxy's pipeline folder holds trained weights for the denoiser and the VAE."""
+    d = proxy_dir(name)
+    return all(
+        (d / sub / "diffusion_pytorch_model.safetensors").is_file() for sub in (_DENOISER[name], "vae")
+    ) and (d / "model_index.json").is_file()
+
+
+def _check(name: str) -> Path:
+    d = proxy_dir(name)
+    if not weights_available(name):
+        raise FileNotFoundError(
+            f"proxy weights not found in {d}; train them with `python benchmarks/proxy/train_all.py`"
+        )
+    return d
+
+
+def load_wan_proxy(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """The DiT proxy as a stock ``diffusers.WanPipeline`` (text_encoder/tokenizer are None)."""
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(_check("wan_proxy"), torch_dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def load_unet_proxy(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """The UNet proxy as a stock ``diffusers.AnimateDiffPipeline`` (UNetMotionModel; no text encoder)."""
+    from diffusers import AnimateDiffPipeline
+
+    pipe = AnimateDiffPipeline.from_pretrained(_check("unet_proxy"), torch_dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def load_proxy(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    return {"wan_proxy": load_wan_proxy, "unet_proxy": load_unet_proxy}[name](device=device, dtype=dtype)
+
+
+def text_dim(pipe) -> int:
+    """Width of the conditioning tokens the pipeline's denoiser expects."""
+    if getattr(pipe, "transformer", None) is not None:
+        return int(pipe.transformer.config.text_dim)
+    return int(pipe.unet.config.cross_attention_dim)
+
+
+def embeds_for(pipe, conditions) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(prompt_embeds, negative_prompt_embeds)`` for a Condition / index / list of them."""
+    dim = text_dim(pipe)
+    pos = prompt_embeds(conditions, dim)
+    return pos, null_embeds(pos.shape[0], dim)
+
+
+def call_kwargs(
+    pipe,
+    conditions,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 4.0,
+    seed: int = 0,
+    output_type: str = "np",
+) -> dict:
+    """Keyword arguments for ``pipe(**kw)`` that generate the proxy's native clip (32x32, 9 frames)."""
+    pos, neg = embeds_for(pipe, conditions)
+    device = getattr(pipe, "_execution_device", torch.device("cpu"))
+    return dict(
+        prompt_embeds=pos.to(device),
+        negative_prompt_embeds=neg.to(device),
+        height=SIZE,
+        width=SIZE,
+        num_frames=NUM_FRAMES,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        output_type=output_type,
+    )
