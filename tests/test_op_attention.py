@@ -166,6 +166,16 @@ def test_torch_compile_smoke():
     torch.testing.assert_close(compiled(q, k, v), f(q, k, v), atol=0, rtol=0)
 
 
+def test_empty_keys_give_zeros():
+    # as F.scaled_dot_product_attention does for Lk = 0
+    from lightcache.kernels.attention import chunked_attention as tri_attention
+
+    q, k, v, qw, kw, _, _ = make(1, 5, 2, 32, torch.float32, "cpu", "head", False, lk=0)
+    assert torch.equal(OP(q, k, v, qw, kw, None, None, EPS, 4, None), torch.zeros_like(q))
+    q, k, v = (t.to(TRITON_DEVICE) for t in (q, k, v))
+    assert torch.equal(tri_attention(q, k, v, None, None, None, None, EPS, 4, None), torch.zeros_like(q))
+
+
 # ---------------------------------------------------------------------------------------------
 # Triton launcher, called directly (interpreter on CPU tensors here, real kernels on CUDA)
 # ---------------------------------------------------------------------------------------------

@@ -14,24 +14,26 @@ from torch import Tensor
 BLOCK_ELEMS = 1 << 20  # 4 MiB of fp32 temporaries per slice
 
 
-def pair_slices(a: Tensor, b: Tensor, max_elems: int = BLOCK_ELEMS) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield views ``(a_part, b_part)`` of equal shape covering every element of ``a``/``b`` once."""
+def aligned_slices(*ts: Tensor, max_elems: int = BLOCK_ELEMS) -> Iterator[tuple[Tensor, ...]]:
+    """Yield tuples of same-shape views, one per tensor (all of one shape; expanded views are
+    fine), covering every element once, each with about ``max_elems`` elements."""
+    a = ts[0]
     if a.numel() == 0:
         return
     try:
-        fa, fb = a.view(-1), b.view(-1)
+        flat = [t.view(-1) for t in ts]
     except RuntimeError:  # not flattenable without a copy: recurse over the leading dim
         per = a[0].numel()
         if per <= max_elems:
             rows = max(1, max_elems // per)
             for i in range(0, a.shape[0], rows):
-                yield a[i : i + rows], b[i : i + rows]
+                yield tuple(t[i : i + rows] for t in ts)
         else:
             for i in range(a.shape[0]):
-                yield from pair_slices(a[i], b[i], max_elems)
+                yield from aligned_slices(*(t[i] for t in ts), max_elems=max_elems)
         return
-    for s in range(0, fa.numel(), max_elems):
-        yield fa[s : s + max_elems], fb[s : s + max_elems]
+    for s in range(0, a.numel(), max_elems):
+        yield tuple(f[s : s + max_elems] for f in flat)
 
 
 def frame_slices(a: Tensor, b: Tensor, max_elems: int = BLOCK_ELEMS) -> Iterator[tuple[Tensor, Tensor]]:

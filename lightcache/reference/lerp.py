@@ -5,10 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightcache.reference._blocks import aligned_slices
+
 
 def lerp(start: Tensor, end: Tensor, weight: float) -> Tensor:
     # Same rounding sequence as the Triton kernel: fp32 sub, mul, add (not torch.lerp, whose
-    # formula switches at weight 0.5). One fp32 buffer, updated in place.
-    out = end.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
-    out.sub_(start).mul_(weight).add_(start)
-    return out if start.dtype == torch.float32 else out.to(start.dtype)
+    # formula switches at weight 0.5). Bounded slices written straight into the output.
+    out = torch.empty(start.shape, dtype=start.dtype, device=start.device)
+    for s, e, o in aligned_slices(start, end, out):
+        sf = s.float()
+        t = e.float() - sf
+        t.mul_(weight).add_(sf)
+        o.copy_(t)
+    return out
