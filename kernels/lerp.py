@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from lightcache.kernels._launch import contiguous
+from lightcache.kernels._launch import contiguous, on_device
 
 BLOCK = 4096
 NUM_WARPS = 8
@@ -28,5 +28,6 @@ def lerp(start: Tensor, end: Tensor, weight: float) -> Tensor:
     if n == 0:
         return out
     start, end = contiguous(start, end)
-    _lerp_kernel[(triton.cdiv(n, BLOCK),)](start, end, out, float(weight), n, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    with on_device(start):
+        _lerp_kernel[(triton.cdiv(n, BLOCK),)](start, end, out, float(weight), n, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return out

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from lightcache.kernels._launch import next_pow2
+from lightcache.kernels._launch import next_pow2, on_device
 from lightcache.reference.lowfreq import lowfreq_basis
 
 MAX_FREQ_TILE = 64
@@ -132,10 +132,11 @@ def lowfreq_energy(
     cht, sht, cwp, swp, wm = _bases(h, w, float(radius_ratio), a.device, block_u, block_v)
     grid = (frames, cht.shape[0] // block_u, cwp.shape[1] // block_v)
     part = torch.empty(grid, dtype=torch.float32, device=a.device)
-    _lowfreq_kernel[grid](
-        a3, b3, cht, sht, cwp, swp, wm, part,
-        h, w, *a3.stride(), *b3.stride(), cwp.shape[1],
-        BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_U=block_u, BLOCK_V=block_v, num_warps=4,
-    )  # fmt: skip
-    _finish_kernel[(1,)](part, out, part.numel(), h * w, BLOCK=FINAL_BLOCK, num_warps=4)
+    with on_device(a):
+        _lowfreq_kernel[grid](
+            a3, b3, cht, sht, cwp, swp, wm, part,
+            h, w, *a3.stride(), *b3.stride(), cwp.shape[1],
+            BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_U=block_u, BLOCK_V=block_v, num_warps=4,
+        )  # fmt: skip
+        _finish_kernel[(1,)](part, out, part.numel(), h * w, BLOCK=FINAL_BLOCK, num_warps=4)
     return out

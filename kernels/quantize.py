@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from lightcache.kernels._launch import contiguous, next_pow2
+from lightcache.kernels._launch import contiguous, next_pow2, on_device
 
 FP8_MAX = 448.0
 TILE = 4096
@@ -91,7 +91,9 @@ def quantize_fp8(x: Tensor, *, max_block_d: int = MAX_BLOCK_D) -> tuple[Tensor, 
     block_m = max(1, TILE // block_d)
     single = block_d >= cols
     num_warps = 8 if block_m * block_d >= 4096 else 4
-    _quantize_kernel[(triton.cdiv(rows, block_m),)](
-        x, q.view(torch.uint8), scale, rows, cols, BLOCK_M=block_m, BLOCK_D=block_d, SINGLE=single, num_warps=num_warps
-    )
+    with on_device(x):
+        _quantize_kernel[(triton.cdiv(rows, block_m),)](
+            x, q.view(torch.uint8), scale, rows, cols,
+            BLOCK_M=block_m, BLOCK_D=block_d, SINGLE=single, num_warps=num_warps,
+        )  # fmt: skip
     return q, scale

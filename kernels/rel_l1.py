@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from lightcache.kernels._launch import contiguous, interpreted, same_dense_layout, sm_count
+from lightcache.kernels._launch import contiguous, interpreted, on_device, same_dense_layout, sm_count
 
 BLOCK = 4096
 NUM_WARPS = 8
@@ -66,6 +66,7 @@ def rel_l1(a: Tensor, b: Tensor, *, max_programs: int | None = None) -> Tensor:
     programs = triton.cdiv(n, chunk)
     part = torch.empty((programs, 2), dtype=torch.float32, device=a.device)
     out = torch.empty((2,), dtype=torch.float32, device=a.device)
-    _partial_kernel[(programs,)](a, b, part, n, chunk, BLOCK=BLOCK, num_warps=NUM_WARPS)
-    _final_kernel[(1,)](part, out, programs, n, BLOCK=FINAL_BLOCK, num_warps=4)
+    with on_device(a):
+        _partial_kernel[(programs,)](a, b, part, n, chunk, BLOCK=BLOCK, num_warps=NUM_WARPS)
+        _final_kernel[(1,)](part, out, programs, n, BLOCK=FINAL_BLOCK, num_warps=4)
     return out

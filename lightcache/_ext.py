@@ -13,6 +13,7 @@ from typing import Optional
 
 __all__ = [
     "C",
+    "_C",
     "import_error",
     "has_cpu_ring",
     "has_cuda_ring",
@@ -31,6 +32,8 @@ try:
 except ImportError as exc:  # not built, or built for another Python/ABI
     C = None
     _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+_C = C  # the same module (or None), under its own name
 
 
 def import_error() -> Optional[str]:

@@ -439,5 +439,117 @@ def _chunked_attention_fake(q, k, v, q_norm_weight, k_norm_weight, rope_cos, rop
 # --------------------------------------------------------------------------------------------
 # ring buffer: store / prefetch / fetch / release (implemented by lightcache.ring over lightcache._C)
 # --------------------------------------------------------------------------------------------
-# RING-OPS-SECTION (owned by the ring-buffer work): ring_store / ring_prefetch / ring_fetch /
-# ring_release declared here with their fakes, driving lightcache.ring.RingBuffer objects.
+# RING-OPS-SECTION (owned by the ring-buffer work). The ops drive lightcache.ring.RingBuffer
+# objects named by their integer id (RingBuffer.id); one implementation serves every device, the
+# ring's device decides where the copies run. Dtype/shape of dst vs. the stored entry can only be
+# checked at run time (the fake cannot see the ring's contents).
+
+
+def _check_ring_args(ring, key, name: Optional[str] = None, t=None, *, store: bool = False):
+    for arg, v in (("ring", ring), ("key", key)):
+        if isinstance(v, bool) or not isinstance(v, (int, torch.SymInt)):
+            raise TypeError(f"{arg} must be an int, got {type(v).__name__}")
+    if t is not None and not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not isinstance(ring, int):
+        return  # symbolic id: checked when the op runs
+    from lightcache.ring import get_ring
+
+    r = get_ring(ring)
+    if t is None:
+        return
+    if t.device != r.device:
+        raise ValueError(f"{name} is on {t.device} but ring {ring} is on {r.device}")
+    if store:
+        nbytes = t.numel() * t.element_size()
+        if isinstance(nbytes, int) and nbytes > r.slot_bytes:
+            raise ValueError(
+                f"{name} needs {nbytes} bytes ({tuple(t.shape)} {t.dtype}) but slot_bytes of ring {ring} is {r.slot_bytes}"
+            )
+    elif not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (the ring writes the stored bytes into it)")
+
+
+def _get_ring(ring):
+    from lightcache.ring import get_ring
+
+    return get_ring(int(ring))
+
+
+@torch.library.custom_op("lightcache::ring_store", mutates_args=())
+def ring_store(src: Tensor, ring: int, key: int) -> None:
+    """Store ``src`` under ``key`` in ring ``ring``: async device->host copy into a pinned slot,
+    ordered after the current stream's queued work (replaces an existing ``key``). See
+    :meth:`lightcache.ring.RingBuffer.store` for the lifetime contract of ``src``."""
+    _check_ring_args(ring, key, "src", src, store=True)
+    _get_ring(ring).store(src, key)
+
+
+@ring_store.register_fake
+def _ring_store_fake(src, ring, key):
+    _check_ring_args(ring, key, "src", src, store=True)
+
+
+@torch.library.custom_op("lightcache::ring_prefetch", mutates_args=("dst",))
+def ring_prefetch(ring: int, key: int, dst: Tensor) -> None:
+    """Start the host->device copy of ``key`` into ``dst`` on the ring's copy stream, ordered after
+    the current stream's queued work. ``dst`` belongs to the ring until :func:`ring_fetch`."""
+    _check_ring_args(ring, key, "dst", dst)
+    _get_ring(ring).prefetch(key, dst)
+
+
+@ring_prefetch.register_fake
+def _ring_prefetch_fake(ring, key, dst):
+    _check_ring_args(ring, key, "dst", dst)
+
+
+@torch.library.custom_op("lightcache::ring_fetch", mutates_args=("dst",))
+def ring_fetch(ring: int, key: int, dst: Tensor) -> None:
+    """Make the current stream wait for ``key``'s bytes in ``dst`` (copying first unless ``dst``
+    was prefetched). CUDA: a stream-to-stream wait, no host sync. CPU: returns with ``dst`` filled."""
+    _check_ring_args(ring, key, "dst", dst)
+    _get_ring(ring).fetch(key, dst)
+
+
+@ring_fetch.register_fake
+def _ring_fetch_fake(ring, key, dst):
+    _check_ring_args(ring, key, "dst", dst)
+
+
+@torch.library.custom_op("lightcache::ring_release", mutates_args=())
+def ring_release(ring: int, key: int) -> None:
+    """Free ``key``'s slot (an evicted key is just forgotten). Unknown keys raise ValueError."""
+    _check_ring_args(ring, key)
+    _get_ring(ring).release(key)
+
+
+@ring_release.register_fake
+def _ring_release_fake(ring, key):
+    _check_ring_args(ring, key)
+
+
+def _register_ordered_effect(qualname: str) -> None:
+    """ring_store/ring_release return nothing and mutate no input, so torch.compile would
+    dead-code-eliminate them (measured: a compiled store-then-fetch lost the store). An ORDERED
+    effect keeps them, in program order, threaded by effect tokens."""
+    ns, name = qualname.split("::")
+    opoverload = getattr(getattr(torch.ops, ns), name).default
+    try:
+        from torch._library.effects import EffectType
+
+        torch.library._register_effectful_op(qualname, EffectType.ORDERED)
+        return
+    except (ImportError, AttributeError):
+        pass
+    try:  # torch < 2.8 kept the registry here
+        from torch._higher_order_ops.effects import _EffectType, _register_effectful_op
+
+        _register_effectful_op(opoverload, _EffectType.ORDERED)
+        return
+    except (ImportError, AttributeError):
+        pass
+    torch.fx.node.has_side_effect(opoverload)  # last resort: at least not eliminated
+
+
+_register_ordered_effect("lightcache::ring_store")
+_register_ordered_effect("lightcache::ring_release")

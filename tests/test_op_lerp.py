@@ -49,6 +49,10 @@ def test_lerp_int_weight_and_noncontiguous(device):
     torch.testing.assert_close(torch.ops.lightcache.lerp(start, end, 2), naive_lerp(start, end, 2), **TOL[torch.float32])
 
 
+def test_lerp_many_slices():
+    start, end = torch.randn(1100, 1000).half(), torch.randn(1000, 1100).half().t()
+    torch.testing.assert_close(torch.ops.lightcache.lerp(start, end, 0.6), naive_lerp(start, end, 0.6), **TOL[torch.float16])
+
 def test_opcheck():
     torch.library.opcheck(torch.ops.lightcache.lerp.default, (torch.randn(3, 7), torch.randn(3, 7), 1.5))
     torch.library.opcheck(torch.ops.lightcache.lerp.default, (torch.randn(5).half(), torch.randn(5).half(), 0.25))

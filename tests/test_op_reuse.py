@@ -89,6 +89,17 @@ def test_reuse_noncontiguous(device):
     torch.testing.assert_close(out, naive_reuse(x, q.t(), scale), **TOL[torch.float32])
 
 
+def test_reuse_quantize_many_slices():
+    # more elements than one reference slice (2^20), contiguous and non-flattenable views
+    x = torch.randn(1100, 1000)
+    d = torch.randn(1000, 1100).t()
+    torch.testing.assert_close(torch.ops.lightcache.reuse(x, d), naive_reuse(x, d), **TOL[torch.float32])
+    q, s = torch.ops.lightcache.quantize_fp8(d)
+    codes, ref_s = naive_quantize(d)
+    assert torch.equal(s, ref_s) and torch.equal(q.view(torch.uint8), codes)
+    xt = torch.randn(1000, 1100).t()
+    torch.testing.assert_close(torch.ops.lightcache.reuse(xt, q, s), naive_reuse(xt, q, s), **TOL[torch.float32])
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(3, 5, 33), (1, 1), (7,), (0, 6), (4, 0)])
 def test_quantize_matches_naive(device, dtype, shape):
@@ -168,9 +179,11 @@ def test_triton_reuse(dtype):
         torch.testing.assert_close(reuse(x, delta), naive_reuse(x, delta), **TOL[dtype])
     xt = torch.randn(37, 5, device=TRITON_DEVICE).to(dtype).t()  # non-contiguous
     torch.testing.assert_close(reuse(xt, delta), naive_reuse(xt, delta), **TOL[dtype])
-    q = (torch.randn(5, 37, device=TRITON_DEVICE) * 50).to(FP8)
-    scale = torch.rand(5, device=TRITON_DEVICE) + 0.1
-    torch.testing.assert_close(reuse(x, q, scale), naive_reuse(x, q, scale), **TOL[dtype])
+    for shape in ((5, 37), (7, 1), (2, 1100)):  # one tile, one channel, several channel tiles
+        xs = torch.randn(shape, device=TRITON_DEVICE).to(dtype)
+        q = (torch.randn(shape, device=TRITON_DEVICE) * 50).to(FP8)
+        scale = torch.rand(shape[0], device=TRITON_DEVICE) + 0.1
+        torch.testing.assert_close(reuse(xs, q, scale), naive_reuse(xs, q, scale), **TOL[dtype])
     assert reuse(x[:0], delta[:0]).shape == (0, 37)
 
 

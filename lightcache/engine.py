@@ -1,0 +1,309 @@
+"""The hook engine: lightcache's wrapping of a diffusers denoiser, built on diffusers' HookRegistry.
+
+One :class:`Session` per enabled denoiser holds every piece of state (policy state, feature
+store, step tracking, report). Hooks are registered under fixed names in the denoiser's (and its
+blocks') ``HookRegistry`` so they coexist with diffusers' own hooks, and removing them restores
+the model's forward exactly. The step index comes from the pipeline's own loop: from the
+pipeline's scheduler (``set_timesteps`` starts a run, ``step`` ends a step), or from diffusers'
+``cache_context(step_index=...)`` when only the denoiser was given.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, List, Optional
+
+import torch
+from torch import nn
+
+from lightcache.adapters.base import ModelAdapter
+from lightcache.memory.store import DeviceStore
+from lightcache.policies.base import CachePolicy, CallInfo
+from lightcache.reporting import Report
+
+DENOISER_HOOK = "lightcache.denoiser"
+BLOCK_HOOK = "lightcache.block"
+_SESSION_ATTR = "_lightcache_session"
+_BRANCH_NAMES = {"cond": "cond", "uncond": "uncond"}  # any other context name is one joint call
+
+
+def _registry_cls():
+    from diffusers.hooks.hooks import HookRegistry
+
+    return HookRegistry
+
+
+def _model_hook_base():
+    from diffusers.hooks.hooks import ModelHook
+
+    return ModelHook
+
+
+def _output_sample(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    if hasattr(out, "sample"):
+        return out.sample
+    raise TypeError(f"cannot find the sample in a denoiser output of type {type(out).__name__}")
+
+
+def _like_output(template: Any, sample: torch.Tensor) -> Any:
+    """``sample`` packed the way the denoiser packed ``template`` (tensor, tuple or output class)."""
+    if isinstance(template, torch.Tensor):
+        return sample
+    if isinstance(template, tuple):
+        return (sample,) + tuple(template[1:]) if len(template) > 1 else (sample,)
+    return type(template)(sample=sample)
+
+
+class Session:
+    """Everything lightcache knows about one enabled denoiser."""
+
+    def __init__(self, denoiser: nn.Module, adapter: ModelAdapter, policy: Optional[CachePolicy], memory, pipe=None):
+        self.denoiser = denoiser
+        self.adapter = adapter
+        self.policy = policy
+        self.memory = memory
+        self.pipe = pipe
+        self.blocks: List[nn.Module] = adapter.blocks(denoiser)
+        self.report = Report(num_blocks=len(self.blocks))
+        self.run_active = False
+        self.step = 0
+        self.num_steps: Optional[int] = None
+        self._calls_in_step: List[str] = []
+        self._step_of_calls = -1
+        self.blocks_run = 0
+        self.policy_state = None
+        self.store = None
+        self._templates: dict = {}
+        self.uses_scheduler = False
+
+    # -- runs and steps ------------------------------------------------------------------------
+
+    def new_run(self, num_steps: Optional[int] = None) -> None:
+        """A fresh pipeline call: every cached feature and decision of the previous one is dropped."""
+        self.release_run_state()
+        self.run_active = True
+        self.step = 0
+        self.num_steps = num_steps
+        self._calls_in_step = []
+        self._step_of_calls = -1
+        self.store = self._make_store()
+        self.policy_state = self.policy.new_state() if self.policy is not None else None
+        if self.policy_state is not None:
+            self.policy_state.store = self.store
+        self.report.reset()
+
+    def _make_store(self):
+        if self.memory is not None and hasattr(self.memory, "make_store"):
+            return self.memory.make_store(self)
+        return DeviceStore()
+
+    def release_run_state(self) -> None:
+        """Free cached features (end of a pipeline call); the report is kept."""
+        if self.store is not None:
+            self.report.cache_bytes = {"device": self.store.device_peak, "host": self.store.host_peak}
+            self.store.clear()
+        self.store = None
+        self.policy_state = None
+        self._templates = {}
+        self.run_active = False
+
+    def end_step(self) -> None:
+        self.step += 1
+
+    def call_info(self, ctx) -> CallInfo:
+        """Step, branch and leadership of the denoiser call about to run."""
+        name = getattr(ctx, "name", None) if ctx is not None else None
+        if self.uses_scheduler:
+            if not self.run_active:
+                raise RuntimeError(
+                    "lightcache: the denoiser was called outside a pipeline run (the pipeline's scheduler "
+                    "set_timesteps was not called first)"
+                )
+        else:
+            step_index = getattr(ctx, "step_index", None) if ctx is not None else None
+            if step_index is None:
+                raise RuntimeError(
+                    "lightcache needs the denoising step index: pass the pipeline to lightcache.enable() "
+                    "(its scheduler gives the step), or call the denoiser inside "
+                    "`with model.cache_context(name, step_index=i, num_inference_steps=n)`"
+                )
+            if not self.run_active or step_index < self.step or (step_index == 0 and self._step_of_calls > 0):
+                self.new_run(getattr(ctx, "num_inference_steps", None))
+            self.step = step_index
+            if getattr(ctx, "num_inference_steps", None) is not None:
+                self.num_steps = ctx.num_inference_steps
+        if self._step_of_calls != self.step:
+            self._step_of_calls = self.step
+            self._calls_in_step = []
+        branch = _BRANCH_NAMES.get(name, "joint") if name is not None else None
+        if branch is None:
+            branch = "joint" if not self._calls_in_step else f"call{len(self._calls_in_step)}"
+        if branch in self._calls_in_step:
+            raise RuntimeError(
+                f"lightcache: branch {branch!r} called twice in step {self.step}; the step counter is not "
+                "advancing (is the pipeline's scheduler the one lightcache was enabled with?)"
+            )
+        leader = not self._calls_in_step
+        self._calls_in_step.append(branch)
+        return CallInfo(step=self.step, num_steps=self.num_steps, branch=branch, leader=leader)
+
+    # -- the denoiser call ---------------------------------------------------------------------
+
+    def denoise(self, original_forward, ctx, args, kwargs):
+        call = self.call_info(ctx)
+        x = self.adapter.sample(args, kwargs)
+        self.blocks_run = 0
+        start = time.perf_counter()
+        policy, state = self.policy, self.policy_state
+        compute = True if policy is None else policy.should_compute(state, call, x)
+        if compute:
+            out = original_forward(*args, **kwargs)
+            if policy is not None:
+                policy.after_compute(state, call, x, _output_sample(out))
+            self._templates[call.branch] = out
+        else:
+            sample = policy.reused_output(state, call, x)
+            template = self._templates.get(call.branch)
+            if kwargs.get("return_dict", True) is False:
+                out = (sample,)
+            elif template is not None:
+                out = _like_output(template, sample)
+            else:
+                out = sample
+        if policy is not None and hasattr(policy, "after_call"):
+            policy.after_call(state, call, x)
+        self.report.record(call, computed=compute, blocks_computed=self.blocks_run, seconds=time.perf_counter() - start)
+        return out
+
+
+class _DenoiserHook(_model_hook_base()):
+    """Wraps the denoiser's forward; receives diffusers' cache_context like diffusers' cache hooks."""
+
+    _is_stateful = True
+
+    def __init__(self, session: Session):
+        super().__init__()
+        from diffusers.hooks.hooks import BaseState, StateManager
+
+        self.session = session
+        # diffusers' cache_context() sets the context on every StateManager of a stateful hook
+        self.context = StateManager(BaseState)
+
+    def new_forward(self, module, *args, **kwargs):
+        return self.session.denoise(self.fn_ref.original_forward, self.context._context, args, kwargs)
+
+    def reset_state(self, module):
+        # called by diffusers at the end of a pipeline call (maybe_free_model_hooks): free the cache
+        self.session.release_run_state()
+        return module
+
+
+class _BlockHook(_model_hook_base()):
+    """Counts the blocks that actually run (for reports and tests)."""
+
+    def __init__(self, session: Session, index: int):
+        super().__init__()
+        self.session = session
+        self.index = index
+
+    def pre_forward(self, module, *args, **kwargs):
+        self.session.blocks_run += 1
+        return args, kwargs
+
+
+# ---------------------------------------------------------------------------------------------
+# installing and removing
+# ---------------------------------------------------------------------------------------------
+
+
+def _wrap_method(obj, name: str, make_wrapper, wrapped: list) -> None:
+    """Shadow ``obj.name`` with an instance attribute (removed again by :func:`_unwrap_methods`)."""
+    original = getattr(obj, name)
+    setattr(obj, name, functools.wraps(original)(make_wrapper(original)))
+    wrapped.append((obj, name))
+
+
+def _unwrap_methods(wrapped: list) -> None:
+    for obj, name in reversed(wrapped):
+        if name in vars(obj):
+            delattr(obj, name)
+    wrapped.clear()
+
+
+def install(session: Session) -> None:
+    """Register the hooks and pipeline taps; on any failure undo what was done and re-raise."""
+    registry_cls = _registry_cls()
+    created = []  # modules whose registry we created (removed again on uninstall when empty)
+    session._created_registries = created
+    session._wrapped = []
+    try:
+        for i, module in enumerate([session.denoiser] + session.blocks):
+            if not hasattr(module, "_diffusers_hook"):
+                created.append(module)
+            reg = registry_cls.check_if_exists_or_initialize(module)
+            hook = _DenoiserHook(session) if i == 0 else _BlockHook(session, i - 1)
+            reg.register_hook(hook, DENOISER_HOOK if i == 0 else BLOCK_HOOK)
+        registry_cls.check_if_exists_or_initialize(session.denoiser).invalidate_child_registries_cache()
+        if session.pipe is not None:
+            _install_pipeline_taps(session)
+        setattr(session.denoiser, _SESSION_ATTR, session)
+    except BaseException:
+        uninstall(session)
+        raise
+
+
+def _install_pipeline_taps(session: Session) -> None:
+    scheduler = getattr(session.pipe, "scheduler", None)
+    if scheduler is None or not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "step"):
+        raise ValueError(
+            f"pipe: {type(session.pipe).__name__} has no scheduler with set_timesteps/step; "
+            "pass the denoiser instead and run it inside cache_context(step_index=...)"
+        )
+
+    def tap_set_timesteps(original):
+        def set_timesteps(*args, **kwargs):
+            result = original(*args, **kwargs)
+            session.new_run(num_steps=len(scheduler.timesteps))
+            return result
+
+        return set_timesteps
+
+    def tap_step(original):
+        def step(*args, **kwargs):
+            result = original(*args, **kwargs)
+            session.end_step()
+            return result
+
+        return step
+
+    _wrap_method(scheduler, "set_timesteps", tap_set_timesteps, session._wrapped)
+    _wrap_method(scheduler, "step", tap_step, session._wrapped)
+    session.uses_scheduler = True
+
+
+def uninstall(session: Session) -> None:
+    _unwrap_methods(getattr(session, "_wrapped", []))
+    for module in [session.denoiser] + session.blocks:
+        reg = getattr(module, "_diffusers_hook", None)
+        if reg is None:
+            continue
+        for name in (DENOISER_HOOK, BLOCK_HOOK):
+            if name in reg.hooks:
+                reg.remove_hook(name, recurse=False)
+        if module in getattr(session, "_created_registries", []) and not reg.hooks:
+            del module._diffusers_hook
+    reg = getattr(session.denoiser, "_diffusers_hook", None)
+    if reg is not None:
+        reg.invalidate_child_registries_cache()
+    session.release_run_state()
+    if getattr(session.denoiser, _SESSION_ATTR, None) is session:
+        delattr(session.denoiser, _SESSION_ATTR)
+
+
+def session_of(model: nn.Module) -> Optional[Session]:
+    return getattr(model, _SESSION_ATTR, None)

@@ -1,0 +1,6 @@
+"""Caching policies, one file each, implementing lightcache.policies.base.CachePolicy."""
+
+from lightcache.policies.base import CachePolicy, CallInfo
+from lightcache.policies.easycache import EasyCache
+
+__all__ = ["CachePolicy", "CallInfo", "EasyCache"]

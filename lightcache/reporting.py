@@ -1,0 +1,55 @@
+"""What the last pipeline call did: per-call decisions, reuse ratio, time and memory per stage."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+STAGES = ("encode", "denoise", "decode")
+
+
+@dataclass
+class Decision:
+    step: int
+    branch: str  # "cond", "uncond" or "joint"
+    computed: bool  # the denoiser ran (fully or partly: see blocks_computed)
+    blocks_computed: int
+    blocks_total: int
+    seconds: float
+
+
+@dataclass
+class Report:
+    num_blocks: int = 0
+    decisions: List[Decision] = field(default_factory=list)
+    peak_bytes: Dict[str, Optional[int]] = field(default_factory=lambda: {s: None for s in STAGES})
+    cache_bytes: Dict[str, int] = field(default_factory=lambda: {"device": 0, "host": 0})
+    seconds: Dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
+
+    def reset(self) -> None:
+        self.decisions = []
+        self.peak_bytes = {s: None for s in STAGES}
+        self.cache_bytes = {"device": 0, "host": 0}
+        self.seconds = {s: 0.0 for s in STAGES}
+
+    def record(self, call, *, computed: bool, blocks_computed: int, seconds: float) -> None:
+        self.decisions.append(
+            Decision(call.step, call.branch, computed, blocks_computed, self.num_blocks, seconds)
+        )
+        self.seconds["denoise"] += seconds
+
+    @property
+    def reuse_ratio(self) -> float:
+        """Fraction of denoiser calls that were not fully computed."""
+        if not self.decisions:
+            return 0.0
+        partial = sum(1 for d in self.decisions if not d.computed or d.blocks_computed < d.blocks_total)
+        return partial / len(self.decisions)
+
+    def computed_steps(self, branch: Optional[str] = None) -> List[bool]:
+        return [d.computed for d in self.decisions if branch is None or d.branch == branch]
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["reuse_ratio"] = self.reuse_ratio
+        return d
