@@ -22,7 +22,12 @@ from torch import Tensor
 from lightcache.kernels._launch import next_pow2, on_device
 from lightcache.reference.lowfreq import lowfreq_basis
 
-MAX_FREQ_TILE = 64
+# Tile sizes from ptxas on sm_90 (fp32 FMA dots are register-hungry): with 8 warps, 16x32 input
+# tiles and frequency tiles up to 64 (u) x 32 (v) use <= 194 registers and never spill; a 64x64
+# frequency tile or 4 warps spills. Wider radii take more (u, v) tiles instead.
+MAX_U_TILE = 64
+MAX_V_TILE = 32
+NUM_WARPS = 8
 FINAL_BLOCK = 1024
 
 
@@ -114,7 +119,7 @@ def _frames(t: Tensor, h: int, w: int) -> Tensor:
 
 
 def lowfreq_energy(
-    a: Tensor, b: Tensor, radius_ratio: float = 0.2, *, block_h: int = 32, block_w: int = 64
+    a: Tensor, b: Tensor, radius_ratio: float = 0.2, *, block_h: int = 16, block_w: int = 32
 ) -> Tensor:
     """fp32 0-d ‖LP(a − b)‖₂ over all frames of ``(..., H, W)`` (see lightcache.ops.lowfreq_energy)."""
     h, w = a.shape[-2:]
@@ -125,8 +130,8 @@ def lowfreq_energy(
     frames = a3.shape[0]
     nu, nv = lowfreq_basis(h, w, float(radius_ratio))[4].shape
     # tl.dot needs every dimension >= 16
-    block_u = max(16, min(MAX_FREQ_TILE, next_pow2(nu)))
-    block_v = max(16, min(MAX_FREQ_TILE, next_pow2(nv)))
+    block_u = max(16, min(MAX_U_TILE, next_pow2(nu)))
+    block_v = max(16, min(MAX_V_TILE, next_pow2(nv)))
     block_h = max(16, min(block_h, next_pow2(h)))
     block_w = max(16, min(block_w, next_pow2(w)))
     cht, sht, cwp, swp, wm = _bases(h, w, float(radius_ratio), a.device, block_u, block_v)
@@ -136,7 +141,7 @@ def lowfreq_energy(
         _lowfreq_kernel[grid](
             a3, b3, cht, sht, cwp, swp, wm, part,
             h, w, *a3.stride(), *b3.stride(), cwp.shape[1],
-            BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_U=block_u, BLOCK_V=block_v, num_warps=4,
+            BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_U=block_u, BLOCK_V=block_v, num_warps=NUM_WARPS,
         )  # fmt: skip
         _finish_kernel[(1,)](part, out, part.numel(), h * w, BLOCK=FINAL_BLOCK, num_warps=4)
     return out

@@ -80,6 +80,10 @@ class Session:
         self.store = None
         self._templates: dict = {}
         self.uses_scheduler = False
+        self.in_trial = False
+        self._current_call: Optional[CallInfo] = None
+        self._original_forward = None
+        self._call_args = None
 
     # -- runs and steps ------------------------------------------------------------------------
 
@@ -95,6 +99,8 @@ class Session:
         self.policy_state = self.policy.new_state() if self.policy is not None else None
         if self.policy_state is not None:
             self.policy_state.store = self.store
+            if hasattr(self.policy_state, "engine"):
+                self.policy_state.engine = self
         self.report.reset()
 
     def _make_store(self):
@@ -152,12 +158,44 @@ class Session:
         self._calls_in_step.append(branch)
         return CallInfo(step=self.step, num_steps=self.num_steps, branch=branch, leader=leader)
 
+    # -- blocks --------------------------------------------------------------------------------
+
+    def block(self, index: int, module, original_forward, args, kwargs):
+        policy = self.policy
+        if policy is None or not policy.block_level or self.in_trial or self._current_call is None:
+            self.blocks_run += 1
+            return original_forward(*args, **kwargs)
+
+        def run():
+            self.blocks_run += 1
+            return original_forward(*args, **kwargs)
+
+        return policy.block_forward(self.policy_state, self._current_call, index, module, run, args, kwargs)
+
+    def trial(self, sample):
+        """Run the current denoiser call on a replacement latent (LFCache's cheap trial forward):
+        blocks run uncached and are not counted as computed work. Returns the output sample."""
+        if self._call_args is None:
+            raise RuntimeError("lightcache: a trial forward is only possible during a denoiser call")
+        args, kwargs = self.adapter.replace_sample(*self._call_args, sample)
+        counted = self.blocks_run
+        self.in_trial = True
+        try:
+            out = self._original_forward(*args, **kwargs)
+        finally:
+            self.in_trial = False
+            self.blocks_run = counted
+        return _output_sample(out)
+
     # -- the denoiser call ---------------------------------------------------------------------
 
     def denoise(self, original_forward, ctx, args, kwargs):
         call = self.call_info(ctx)
         x = self.adapter.sample(args, kwargs)
         self.blocks_run = 0
+        self._current_call = call
+        self._original_forward = original_forward
+        self._call_args = (args, kwargs)
         start = time.perf_counter()
         policy, state = self.policy, self.policy_state
         compute = True if policy is None else policy.should_compute(state, call, x)
@@ -177,6 +215,8 @@ class Session:
                 out = sample
         if policy is not None and hasattr(policy, "after_call"):
             policy.after_call(state, call, x)
+        self._current_call = None
+        self._call_args = None
         self.report.record(call, computed=compute, blocks_computed=self.blocks_run, seconds=time.perf_counter() - start)
         return out
 
@@ -204,16 +244,15 @@ class _DenoiserHook(_model_hook_base()):
 
 
 class _BlockHook(_model_hook_base()):
-    """Counts the blocks that actually run (for reports and tests)."""
+    """Wraps one block: block-level policies decide here; every block that runs is counted."""
 
     def __init__(self, session: Session, index: int):
         super().__init__()
         self.session = session
         self.index = index
 
-    def pre_forward(self, module, *args, **kwargs):
-        self.session.blocks_run += 1
-        return args, kwargs
+    def new_forward(self, module, *args, **kwargs):
+        return self.session.block(self.index, module, self.fn_ref.original_forward, args, kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ it covers, say where the block lists are, and register it with :func:`register_a
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple, Type
 
@@ -54,6 +56,47 @@ class ModelAdapter:
         if args:
             return args[0]
         raise ValueError(f"{self.family}: the denoiser was called without its latent input '{self.sample_arg}'")
+
+
+    def replace_sample(self, args: Sequence, kwargs: dict, sample: torch.Tensor):
+        """(args, kwargs) of a denoiser call with its latent input replaced."""
+        if self.sample_arg in kwargs or not args:
+            kwargs = dict(kwargs)
+            kwargs[self.sample_arg] = sample
+            return tuple(args), kwargs
+        return (sample,) + tuple(args[1:]), kwargs
+
+    def block_streams(self, block: nn.Module, args: Sequence, kwargs: dict) -> Tuple[torch.Tensor, ...]:
+        """The block's input tensors that its output updates (named by ``block_outputs``)."""
+        names = self.block_outputs
+        bound = _bind(block, args, kwargs)
+        try:
+            return tuple(bound[n] for n in names)
+        except KeyError as exc:
+            raise ValueError(f"{self.family}: block {type(block).__name__} has no input named {exc}") from None
+
+    def output_streams(self, out) -> Tuple[torch.Tensor, ...]:
+        """A block's output as the tuple of streams named by ``block_outputs``."""
+        if isinstance(out, torch.Tensor):
+            return (out,)
+        return tuple(out[: len(self.block_outputs)])
+
+    def pack_streams(self, streams: Tuple[torch.Tensor, ...]):
+        """Streams packed as the blocks return them (one tensor, or a tuple of the streams)."""
+        return streams[0] if len(self.block_outputs) == 1 else tuple(streams)
+
+
+def _bind(block: nn.Module, args: Sequence, kwargs: dict) -> dict:
+    sig = _signature(type(block))
+    bound = sig.bind_partial(*args, **kwargs)
+    return dict(bound.arguments)
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(cls):
+    return inspect.signature(cls.forward).replace(
+        parameters=list(inspect.signature(cls.forward).parameters.values())[1:]
+    )
 
 
 def register_adapter(adapter: ModelAdapter) -> ModelAdapter:

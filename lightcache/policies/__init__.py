@@ -2,5 +2,6 @@
 
 from lightcache.policies.base import CachePolicy, CallInfo
 from lightcache.policies.easycache import EasyCache
+from lightcache.policies.precisecache import PreciseCache
 
-__all__ = ["CachePolicy", "CallInfo", "EasyCache"]
+__all__ = ["CachePolicy", "CallInfo", "EasyCache", "PreciseCache"]

@@ -1,0 +1,201 @@
+"""PreciseCache: LFCache (step level) + BlockCache (inside computed steps) (DESIGN.md §3).
+
+LFCache. At every step after warm-up a cheap signal F_t is formed and
+    s_t = ‖LP(F_t − F_{t−1})‖₂        (lightcache.lowfreq_energy, circle radius radius_ratio·min(H, W))
+is accumulated over reused steps: A += s_t. The step is recomputed when A > α · max_{t' ≤ t} s_t'
+(then A = 0); otherwise the step returns the branch's cached prediction v_i.
+
+BlockCache. Inside computed steps, per block j and stream the residual D_j = out_j − in_j is kept.
+Every ``refresh_steps``-th computed step runs all blocks and ranks them by mean|D_j| (all streams);
+the top ``block_ratio`` fraction are pivotal and are the only blocks recomputed in the following
+computed steps of the window; the others return in_j + D_j.
+
+Choices the paper leaves open, each a parameter:
+  * signal: "trial" = the prediction of a trial forward on the latent average-pooled by
+    ``trial_downsample`` (time, height, width) = (2, 4, 4) (the paper's); "input" = the latent
+    input itself (free, no trial forward).
+  * the max in δ = α · max s is over all signals of the current run so far (including the current
+    one); the sum A includes the current step's signal.
+  * warm-up: the first ceil(warmup_ratio · N) steps are computed (at least 1); the last step is
+    computed when ``compute_last``.
+  * the norm is the spatial L2 norm of the low-passed difference (Parseval), summed over all
+    channels and frames and the batch; no normalisation by the signal's size (α is a ratio).
+  * block ranking uses mean|D_j| over the whole batch, cond and uncond ranked separately.
+Modes: base α = 0.5, turbo α = 0.7 (LFCache only); flash = turbo + BlockCache (40 %, L = 3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightcache.policies.base import CachePolicy, CallInfo, check_float, check_int
+
+_MODES = {
+    "base": dict(alpha=0.5, block_ratio=None),
+    "turbo": dict(alpha=0.7, block_ratio=None),
+    "flash": dict(alpha=0.7, block_ratio=0.4),
+}
+_SIGNALS = ("trial", "input")
+
+
+@dataclass
+class PreciseCacheState:
+    store: object = None
+    engine: object = None
+    accumulated: float = 0.0
+    max_signal: float = 0.0
+    prev_signal_input: Optional[Tensor] = None  # F_{t−1}
+    decisions: dict = field(default_factory=dict)
+    signals: dict = field(default_factory=dict)  # step -> s_t
+    computed_count: dict = field(default_factory=dict)  # branch -> computed calls so far
+    pivotal: dict = field(default_factory=dict)  # branch -> set of pivotal block indices
+    refreshing: dict = field(default_factory=dict)  # branch -> this call runs every block
+    block_scores: dict = field(default_factory=dict)  # (branch, j) -> mean|D_j|
+
+
+@dataclass(frozen=True)
+class PreciseCache(CachePolicy):
+    mode: str = "turbo"
+    alpha: Optional[float] = None
+    block_ratio: Optional[float] = None
+    refresh_steps: int = 3
+    warmup_ratio: float = 0.1
+    compute_last: bool = True
+    signal: str = "trial"
+    trial_downsample: Tuple[int, int, int] = (2, 4, 4)
+    radius_ratio: float = 0.2
+
+    def __post_init__(self):
+        if self.mode not in _MODES:
+            raise ValueError(f"PreciseCache.mode must be one of {list(_MODES)}, got {self.mode!r}")
+        if self.alpha is None:
+            object.__setattr__(self, "alpha", _MODES[self.mode]["alpha"])
+        if self.block_ratio is None:
+            object.__setattr__(self, "block_ratio", _MODES[self.mode]["block_ratio"])
+        check_float("PreciseCache", "alpha", self.alpha, lo=0.0, hi=1.0)
+        if self.block_ratio is not None:
+            check_float("PreciseCache", "block_ratio", self.block_ratio, lo=0.0, lo_open=True, hi=1.0)
+        check_int("PreciseCache", "refresh_steps", self.refresh_steps, lo=1)
+        check_float("PreciseCache", "warmup_ratio", self.warmup_ratio, lo=0.0, hi=1.0)
+        if self.signal not in _SIGNALS:
+            raise ValueError(f"PreciseCache.signal must be one of {list(_SIGNALS)}, got {self.signal!r}")
+        ds = self.trial_downsample
+        if not (isinstance(ds, tuple) and len(ds) == 3 and all(isinstance(v, int) and v >= 1 for v in ds)):
+            raise ValueError(f"PreciseCache.trial_downsample must be 3 ints >= 1 (time, height, width), got {ds!r}")
+        check_float("PreciseCache", "radius_ratio", self.radius_ratio, lo=0.0, lo_open=True)
+        if not isinstance(self.compute_last, bool):
+            raise TypeError("PreciseCache.compute_last must be a bool")
+
+    @property
+    def block_level(self) -> bool:  # type: ignore[override]
+        return self.block_ratio is not None and self.block_ratio < 1.0
+
+    def new_state(self) -> PreciseCacheState:
+        return PreciseCacheState()
+
+    def warmup_steps(self, num_steps: Optional[int]) -> int:
+        if num_steps is None:
+            raise RuntimeError("PreciseCache needs the number of steps of the run (pass the pipeline to enable())")
+        return max(1, math.ceil(self.warmup_ratio * num_steps))
+
+    # -- LFCache -------------------------------------------------------------------------------
+
+    def _signal_input(self, state: PreciseCacheState, x: Tensor) -> Tensor:
+        if self.signal == "input":
+            return x
+        return state.engine.trial(downsample(x, self.trial_downsample))
+
+    def should_compute(self, state: PreciseCacheState, call: CallInfo, x: Tensor) -> bool:
+        if not call.leader:
+            compute = state.decisions.get(call.step, True)
+        else:
+            compute = self._lead(state, call, x)
+        if compute:
+            self._begin_computed_call(state, call)
+        return compute
+
+    def _lead(self, state: PreciseCacheState, call: CallInfo, x: Tensor) -> bool:
+        warm = call.step < self.warmup_steps(call.num_steps)
+        # the signal is needed from the last warm-up step on (its F is the first F_{t−1})
+        needs_signal = call.step >= self.warmup_steps(call.num_steps) - 1
+        f = self._signal_input(state, x) if needs_signal else None
+        compute = True
+        if not warm and state.prev_signal_input is not None:
+            s = float(torch.ops.lightcache.lowfreq_energy(f, state.prev_signal_input, self.radius_ratio))
+            state.signals[call.step] = s
+            state.max_signal = max(state.max_signal, s)
+            state.accumulated += s
+            compute = state.accumulated > self.alpha * state.max_signal
+        if call.is_last_step and self.compute_last:
+            compute = True
+        if compute:
+            state.accumulated = 0.0
+        state.prev_signal_input = None if f is None else f.detach()
+        state.decisions[call.step] = compute
+        return compute
+
+    def after_compute(self, state: PreciseCacheState, call: CallInfo, x: Tensor, out: Tensor) -> None:
+        state.store.put((call.branch, "pred"), out)
+
+    def reused_output(self, state: PreciseCacheState, call: CallInfo, x: Tensor) -> Tensor:
+        pred, scale = state.store.get((call.branch, "pred"))
+        if scale is None:
+            return pred.clone()  # the caller owns its output
+        return torch.ops.lightcache.reuse(torch.zeros_like(x, dtype=torch.float32).to(x.dtype), pred, scale)
+
+    # -- BlockCache ----------------------------------------------------------------------------
+
+    def _begin_computed_call(self, state: PreciseCacheState, call: CallInfo) -> None:
+        n = state.computed_count.get(call.branch, 0)
+        state.computed_count[call.branch] = n + 1
+        state.refreshing[call.branch] = (n % self.refresh_steps == 0) or call.branch not in state.pivotal
+        if state.refreshing[call.branch]:
+            state.block_scores = {k: v for k, v in state.block_scores.items() if k[0] != call.branch}
+
+    def block_forward(self, state: PreciseCacheState, call: CallInfo, index: int, block, run, args, kwargs):
+        adapter = state.engine.adapter
+        key = (call.branch, "block", index)
+        refreshing = state.refreshing.get(call.branch, True)
+        if refreshing or index in state.pivotal.get(call.branch, ()):
+            ins = adapter.block_streams(block, args, kwargs)
+            out = run()
+            outs = adapter.output_streams(out)
+            residuals = [o - i for o, i in zip(outs, ins)]
+            for s, r in enumerate(residuals):
+                state.store.put(key + (s,), r)
+            if refreshing:
+                score = sum(float(r.abs().mean()) for r in residuals)
+                state.block_scores[(call.branch, index)] = score
+                if index == state.engine.report.num_blocks - 1:
+                    self._rank(state, call.branch)
+            return out
+        ins = adapter.block_streams(block, args, kwargs)
+        outs = []
+        for s, t in enumerate(ins):
+            d, scale = state.store.get(key + (s,))
+            outs.append(torch.ops.lightcache.reuse(t, d, scale))
+        return adapter.pack_streams(tuple(outs))
+
+    def _rank(self, state: PreciseCacheState, branch: str) -> None:
+        scores = sorted(
+            ((v, j) for (b, j), v in state.block_scores.items() if b == branch), key=lambda p: (-p[0], p[1])
+        )
+        keep = max(1, math.ceil(self.block_ratio * len(scores)))
+        state.pivotal[branch] = {j for _, j in scores[:keep]}
+
+
+def downsample(x: Tensor, factors: Tuple[int, int, int]) -> Tensor:
+    """Average-pool a (B, C, T, H, W) latent by (t, h, w) with ceil sizes, keeping H and W even
+    multiples of 2 (DiT patch size) where possible."""
+    if x.dim() != 5:
+        raise ValueError(f"the trial forward needs a (B, C, T, H, W) latent, got shape {tuple(x.shape)}")
+    ft, fh, fw = factors
+    t, h, w = x.shape[2:]
+    size = (max(1, math.ceil(t / ft)), max(2, 2 * math.ceil(h / fh / 2)), max(2, 2 * math.ceil(w / fw / 2)))
+    return F.adaptive_avg_pool3d(x.float(), size).to(x.dtype)
