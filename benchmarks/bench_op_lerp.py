@@ -1,7 +1,7 @@
 """lerp vs. eager torch.lerp, with a plain copy as the bandwidth ceiling (target on an H200: >= 85%
 of copy GB/s at >= 256 MB).
 
-extra_info: bytes (start and end read once, out written once), GB/s.
+extra_info: bytes (start and end read once, out written once), GB/s (from the median time).
 Run: pytest benchmarks/bench_op_lerp.py --benchmark-only -q
 """
 
@@ -20,7 +20,7 @@ WEIGHT = 1.5  # extrapolation, the caching use
 def _record(benchmark, nbytes, **extra):
     info = dict(bytes=int(nbytes), **extra)
     if benchmark.stats is not None:
-        info["GB/s"] = nbytes / benchmark.stats.stats.mean / 1e9
+        info["GB/s"] = nbytes / benchmark.stats.stats.median / 1e9  # median: robust on shared CPUs
     benchmark.extra_info.update(info)
 
 

@@ -161,7 +161,6 @@ def test_opcheck_ring_release(ring, device, util):
         )
     ops.ring_store(torch.randn(4, device=device), ring.id, 4)
     opcheck(ops.ring_release.default, (ring.id, 4), test_utils=(util,))
-    assert 4 not in ring
 
 
 @requires_cuda

@@ -37,6 +37,11 @@ class DeviceStore:
         except KeyError:
             raise KeyError(f"no cached feature {key!r}: it was never stored in this run") from None
 
+    def load(self, key: Hashable, copy: bool = False) -> Tensor:
+        """The feature as a dense tensor (``copy``: a tensor the caller may keep and modify)."""
+        value, _ = self.get(key)
+        return value.clone() if copy else value
+
     def prefetch(self, key: Hashable) -> None:
         """Hint that ``key`` is needed soon (nothing to do for device-resident features)."""
 

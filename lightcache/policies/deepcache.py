@@ -1,0 +1,90 @@
+"""DeepCache for video UNets (DESIGN.md §3): every ``interval`` steps the whole UNet runs and the
+input of the shallow up block at skip branch b — the output of the up block just deeper than it —
+is cached; in between only down_blocks[0..b] and up_blocks[-(b+1):] run, and the deeper blocks
+return placeholders of their recorded shapes (never read: the cached feature replaces the output of
+the deepest skipped up block).
+
+Steps come from the pipeline's loop (the engine's scheduler tap), never from a timestep lookup.
+Full steps: step % interval == 0 (so step 0 is always full).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils._pytree import tree_map
+
+from lightcache.policies.base import CachePolicy, CallInfo, check_int
+
+
+@dataclass
+class DeepCacheState:
+    store: object = None
+    engine: object = None
+    full: dict = field(default_factory=dict)  # step -> full compute?
+    templates: dict = field(default_factory=dict)  # block index -> output shapes/dtypes
+    layout: tuple = None  # (n_down, n_up)
+
+
+@dataclass(frozen=True)
+class DeepCache(CachePolicy):
+    interval: int = 3
+    branch: int = 0
+
+    block_level = True
+
+    def __post_init__(self):
+        check_int("DeepCache", "interval", self.interval, lo=1)
+        check_int("DeepCache", "branch", self.branch, lo=0)
+
+    def check_adapter(self, adapter) -> None:
+        if not adapter.unet:
+            raise ValueError(
+                f"DeepCache works on video UNets (SVD, AnimateDiff, TextToVideoSD); {adapter.family} is a "
+                "transformer: use EasyCache or PreciseCache"
+            )
+
+    def new_state(self) -> DeepCacheState:
+        return DeepCacheState()
+
+    def _layout(self, state: DeepCacheState):
+        if state.layout is None:
+            model = state.engine.denoiser
+            n_down, n_up = len(model.down_blocks), len(model.up_blocks)
+            if self.branch > n_up - 2:
+                raise ValueError(
+                    f"DeepCache.branch must be <= {n_up - 2} for this UNet ({n_up} up blocks), got {self.branch}"
+                )
+            state.layout = (n_down, n_up)
+        return state.layout
+
+    def should_compute(self, state: DeepCacheState, call: CallInfo, x) -> bool:
+        self._layout(state)
+        if call.leader:
+            state.full[call.step] = call.step % self.interval == 0 or ("deep", call.branch) not in state.store
+        return True  # the UNet always runs; what is skipped is decided per block
+
+    def block_forward(self, state: DeepCacheState, call: CallInfo, index: int, block, run, args, kwargs):
+        n_down, n_up = self._layout(state)
+        cache_up = n_up - 2 - self.branch  # deepest skipped up block; its output is cached
+        shallow = index <= self.branch or index >= n_down + 1 + cache_up + 1
+        key = ("deep", call.branch)
+        full = state.full.get(call.step, True) or key not in state.store
+        if full or shallow:
+            out = run()
+            if full and not shallow:
+                state.templates[index] = tree_map(
+                    lambda t: (t.shape, t.dtype, t.device) if isinstance(t, torch.Tensor) else t, out
+                )
+                if index == n_down + 1 + cache_up:
+                    state.store.put(key, out)
+            return out
+        if index == n_down + 1 + cache_up:
+            return state.store.load(key)
+        # a skipped deep block: shapes only (its output flows only into other skipped blocks)
+        return tree_map(
+            lambda m: torch.empty(m[0], dtype=m[1], device=m[2]) if isinstance(m, tuple) and len(m) == 3 and isinstance(m[1], torch.dtype) else m,
+            state.templates[index],
+            is_leaf=lambda m: isinstance(m, tuple) and len(m) == 3 and isinstance(m[1], torch.dtype),
+        )
