@@ -258,7 +258,9 @@ def lowfreq_energy(a: Tensor, b: Tensor, radius_ratio: float = 0.2) -> Tensor:
     centred signed frequency (u, v) satisfies u² + v² ≤ r², r = radius_ratio · min(H, W)
     (0.2 = the paper's min(H, W)/5). The norm is the spatial-domain L2 norm of the low-passed
     difference, i.e. by Parseval sqrt(Σ_frames Σ_kept |X(u, v)|² / (H·W)). Only the kept
-    frequencies are computed (partial DFT by small matrix products); a − b is never materialised.
+    frequencies are computed (partial DFT by small matrix products). a − b is never materialised
+    whole: the CUDA kernel forms it tile by tile in registers, the CPU kernel in bounded slices
+    (differencing before the transform keeps the error relative to ‖a − b‖ when a ≈ b).
     """
     _check_lowfreq(a, b, radius_ratio)
     return _ref.lowfreq_energy(a, b, radius_ratio)
