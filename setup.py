@@ -19,7 +19,7 @@ import sysconfig
 import warnings
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import find_packages, Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -91,7 +91,7 @@ class CMakeBuild(build_ext):
                 )
                 warnings.warn(msg, stacklevel=1)
                 print(f"WARNING: {msg}", file=sys.stderr)
-                self._cmake(target, None, note="CUDA build failed at install time; CPU-only module")
+                self._cmake(target, None, note="CUDA build failed at install time - CPU-only module")
                 return
         note = "built with LIGHTCACHE_CUDA=0" if request is False else "nvcc not found at build time"
         self._cmake(target, None, note=note)
@@ -138,7 +138,8 @@ class CMakeBuild(build_ext):
 
 # kernels/ (Triton) is installed as the subpackage lightcache.kernels.
 setup(
-    packages=["lightcache", "lightcache.reference", "lightcache.kernels"],
+    # every lightcache subpackage, plus kernels/ (Triton) installed as lightcache.kernels
+    packages=find_packages(include=["lightcache", "lightcache.*"]) + ["lightcache.kernels"],
     package_dir={"lightcache.kernels": "kernels"},
     ext_modules=[CMakeExtension("lightcache._C")],
     cmdclass={"build_ext": CMakeBuild},

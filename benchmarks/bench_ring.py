@@ -6,6 +6,9 @@
   ``dst.copy_(host, non_blocking=True)`` through a preallocated (pinned on CUDA) host tensor.
 
 extra_info: bytes (both directions), GB/s, and for the ring whether its slab is pinned.
+On CPU the ring copies on one worker thread while torch's copy_ uses its intra-op threads: on an
+oversubscribed machine (2 shared cores here) the reference is slowed by thread contention, so read
+the CPU numbers as a protocol-overhead check, not a bandwidth claim.
 Run: pytest benchmarks/bench_ring.py --benchmark-only -q
 """
 

@@ -466,7 +466,8 @@ def _check_ring_args(ring, key, name: Optional[str] = None, t=None, *, store: bo
         nbytes = t.numel() * t.element_size()
         if isinstance(nbytes, int) and nbytes > r.slot_bytes:
             raise ValueError(
-                f"{name} needs {nbytes} bytes ({tuple(t.shape)} {t.dtype}) but slot_bytes of ring {ring} is {r.slot_bytes}"
+                f"{name} needs {nbytes} bytes ({tuple(t.shape)} {t.dtype}) but slot_bytes of ring {ring} "
+                f"is {r.slot_bytes}"
             )
     elif not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous (the ring writes the stored bytes into it)")

@@ -256,7 +256,8 @@ class RingBuffer:
             )
         if pinned == "prefer" and not self._core.pinned:
             warnings.warn(
-                f"lightcache.RingBuffer: pinned memory unavailable, using pageable host memory: {self._core.pinned_note}",
+                "lightcache.RingBuffer: pinned memory unavailable, using pageable host memory: "
+                f"{self._core.pinned_note}",
                 PinnedMemoryWarning,
                 stacklevel=2,
             )
