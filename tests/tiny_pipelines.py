@@ -397,9 +397,10 @@ def _build_easyanimate(s: _Seeder):
 
     text_dim, seq = 16, 16
     s()
+    # 3-D RoPE splits the head dim 1/4 : 3/8 : 3/8 (t : h : w), each part even -> head_dim 16.
     transformer = EasyAnimateTransformer3DModel(
-        num_attention_heads=4,
-        attention_head_dim=8,
+        num_attention_heads=2,
+        attention_head_dim=16,
         in_channels=4,
         out_channels=4,
         time_embed_dim=8,

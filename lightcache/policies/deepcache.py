@@ -63,6 +63,8 @@ class DeepCache(CachePolicy):
         self._layout(state)
         if call.leader:
             state.full[call.step] = call.step % self.interval == 0 or ("deep", call.branch) not in state.store
+        if not state.full.get(call.step, True):
+            state.store.prefetch(("deep", call.branch))  # its copy overlaps the shallow down blocks
         return True  # the UNet always runs; what is skipped is decided per block
 
     def block_forward(self, state: DeepCacheState, call: CallInfo, index: int, block, run, args, kwargs):

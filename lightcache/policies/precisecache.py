@@ -154,6 +154,8 @@ class PreciseCache(CachePolicy):
         state.refreshing[call.branch] = (n % self.refresh_steps == 0) or call.branch not in state.pivotal
         if state.refreshing[call.branch]:
             state.block_scores = {k: v for k, v in state.block_scores.items() if k[0] != call.branch}
+        elif state.engine is not None:
+            self._prefetch_next(state, call, 0)
 
     def block_forward(self, state: PreciseCacheState, call: CallInfo, index: int, block, run, args, kwargs):
         adapter = state.engine.adapter
@@ -173,11 +175,23 @@ class PreciseCache(CachePolicy):
                     self._rank(state, call.branch)
             return out
         ins = adapter.block_streams(block, args, kwargs)
+        self._prefetch_next(state, call, index + 1)  # overlaps the next reused block's copy with this one
         outs = []
         for s, t in enumerate(ins):
             d, scale = state.store.get(key + (s,))
             outs.append(torch.ops.lightcache.reuse(t, d, scale))
         return adapter.pack_streams(tuple(outs))
+
+    def _prefetch_next(self, state: PreciseCacheState, call: CallInfo, start: int) -> None:
+        """Ask the store to bring back the residuals of the next block that will be reused."""
+        pivotal = state.pivotal.get(call.branch, ())
+        n = state.engine.report.num_blocks
+        j = start
+        while j < n and j in pivotal:
+            j += 1
+        if j < n:
+            for s in range(len(state.engine.adapter.block_outputs)):
+                state.store.prefetch((call.branch, "block", j, s))
 
     def _rank(self, state: PreciseCacheState, branch: str) -> None:
         scores = sorted(

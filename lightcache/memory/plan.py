@@ -1,0 +1,67 @@
+"""MemoryPlan: the ``memory=`` argument of ``lightcache.enable``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+
+_SWAP = ("off", "on", "auto")
+_CACHE_DTYPES = {None: None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Where cached features live.
+
+    swap: "on" moves every cached feature to a pinned host ring buffer right after it is produced
+        and brings it back (prefetched ahead where the policy knows the order) before reuse;
+        "off" keeps them on the device; "auto" swaps on CUDA and not on CPU (where host and
+        device are one memory). True/False mean "on"/"off".
+    device_cache_budget: bytes of cached features allowed on the device at once with swapping
+        (prefetched and fetched buffers), or None for no limit. Prefetches that would exceed it are
+        not issued (the fetch then waits for its copy).
+    cache_dtype: None (the feature's own dtype, exact), "bf16", or "fp8" (e4m3 with per-token
+        scales); compressed features are dequantised inside the fused reuse op.
+    host_cache_budget: bytes of pinned host memory the swapped cache may take, or None.
+    pinned: "prefer" (pageable memory with a warning when page-locked memory is refused),
+        "require" (an error instead), or "off".
+    """
+
+    swap: Union[str, bool] = "auto"
+    device_cache_budget: Optional[int] = None
+    cache_dtype: Optional[str] = None
+    host_cache_budget: Optional[int] = None
+    pinned: str = "prefer"
+
+    def __post_init__(self):
+        swap = self.swap
+        if isinstance(swap, bool):
+            object.__setattr__(self, "swap", "on" if swap else "off")
+        elif swap not in _SWAP:
+            raise ValueError(f"MemoryPlan.swap must be one of {list(_SWAP)} or a bool, got {swap!r}")
+        for name in ("device_cache_budget", "host_cache_budget"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"MemoryPlan.{name} must be None or an int >= 0 (bytes), got {v!r}")
+        if self.cache_dtype not in _CACHE_DTYPES:
+            raise ValueError(f"MemoryPlan.cache_dtype must be one of None, 'bf16', 'fp8', got {self.cache_dtype!r}")
+        if self.pinned not in ("prefer", "require", "off"):
+            raise ValueError(f"MemoryPlan.pinned must be 'prefer', 'require' or 'off', got {self.pinned!r}")
+
+    def swaps_on(self, device: torch.device) -> bool:
+        return self.swap == "on" or (self.swap == "auto" and device.type == "cuda")
+
+    @property
+    def storage_dtype(self) -> Optional[torch.dtype]:
+        return _CACHE_DTYPES[self.cache_dtype]
+
+    def make_store(self, session):
+        from lightcache.memory.store import DeviceStore
+        from lightcache.memory.swap import SwapStore
+
+        device = next(session.denoiser.parameters()).device
+        if self.swaps_on(device):
+            return SwapStore(self, device)
+        return DeviceStore(storage_dtype=self.storage_dtype)
