@@ -11,6 +11,10 @@ import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
+
+# One intra-op thread: the tests use small tensors, where extra threads only add contention on
+# shared 2-core machines (measured: tiny video pipelines ran ~50x slower with 2 busy threads).
+torch.set_num_threads(1)
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

@@ -325,7 +325,18 @@ def _build_cogvideox(s: _Seeder):
         norm_num_groups=2,
         temporal_compression_ratio=4,
     )
-    scheduler = CogVideoXDDIMScheduler()
+    # CogVideoX-2b's scheduler config (v-prediction, zero-terminal-SNR, trailing spacing).
+    scheduler = CogVideoXDDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        set_alpha_to_one=True,
+        timestep_spacing="trailing",
+        snr_shift_scale=3.0,
+    )
     pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
     kwargs = dict(
         prompt_embeds=s.randn(1, seq, text_dim),
