@@ -111,7 +111,11 @@ class Session:
     def release_run_state(self) -> None:
         """Free cached features (end of a pipeline call); the report is kept."""
         if self.store is not None:
-            self.report.cache_bytes = {"device": self.store.device_peak, "host": self.store.host_peak}
+            self.report.cache_bytes = {
+                "device": self.store.device_peak,
+                "host": self.store.host_peak,
+                "largest_feature": getattr(self.store, "max_feature_bytes", 0),
+            }
             self.store.clear()
         self.store = None
         self.policy_state = None

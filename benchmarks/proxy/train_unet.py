@@ -208,7 +208,7 @@ def evaluate(n_prompts: int = 8, steps: int = 10, guidance: float = 4.0) -> dict
     from lightcache.proxy.data import ALL_CONDITIONS, dominant_colour, motion_direction
     from lightcache.proxy.load import call_kwargs, load_unet_proxy
 
-    pipe = load_unet_proxy()
+    pipe = load_unet_proxy(path=OUT)
     conds = [ALL_CONDITIONS[(i * 7) % len(ALL_CONDITIONS)] for i in range(n_prompts)]
     frames = pipe(**call_kwargs(pipe, conds, num_inference_steps=steps, guidance_scale=guidance, seed=0)).frames
     colour = sum(dominant_colour(fr) == c.colour for fr, c in zip(frames, conds)) / n_prompts

@@ -51,6 +51,7 @@ class SwapStore:
         self.device_peak = 0
         self.host_bytes = 0
         self.host_peak = 0
+        self.max_feature_bytes = 0  # largest stored feature (what one reuse needs on the device)
 
     # -- accounting ----------------------------------------------------------------------------
 
@@ -82,6 +83,14 @@ class SwapStore:
         value = value.detach()
         stored, scale = compress(value, self.storage_dtype)
         nbytes = stored.numel() * stored.element_size()
+        budget = self.plan.device_cache_budget
+        if budget is not None and nbytes + (scale.nbytes if scale is not None else 0) > budget:
+            raise ValueError(
+                f"MemoryPlan.device_cache_budget ({budget} bytes) is below what one cached feature needs on the "
+                f"device to be reused ({tuple(stored.shape)} {stored.dtype}): the minimum is "
+                f"{nbytes + (scale.nbytes if scale is not None else 0)} bytes"
+            )
+        self.max_feature_bytes = max(self.max_feature_bytes, nbytes)
         ring = self._ring_for(nbytes)
         key_id = next(self._ids)
         torch.ops.lightcache.ring_store(stored, ring.id, key_id)
@@ -105,7 +114,8 @@ class SwapStore:
             return
         nbytes = RingBuffer.nbytes_of(item.shape, item.stored_dtype)
         budget = self.plan.device_cache_budget
-        if budget is not None and self.device_bytes + nbytes > budget:
+        # keep room for one on-demand fetch, so a fetch never pushes the device cache over budget
+        if budget is not None and self.device_bytes + nbytes + self.max_feature_bytes > budget:
             return
         dst = torch.empty(item.shape, dtype=item.stored_dtype, device=self.device)
         torch.ops.lightcache.ring_prefetch(item.ring.id, item.key_id, dst)

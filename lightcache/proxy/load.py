@@ -37,7 +37,9 @@ def weights_available(name: str) -> bool:
     ) and (d / "model_index.json").is_file()
 
 
-def _check(name: str) -> Path:
+def _check(name: str, path=None) -> Path:
+    if path is not None:  # an explicit folder (e.g. a training run's output) skips the packaged weights
+        return Path(path)
     d = proxy_dir(name)
     if not weights_available(name):
         raise FileNotFoundError(
@@ -46,20 +48,20 @@ def _check(name: str) -> Path:
     return d
 
 
-def load_wan_proxy(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+def load_wan_proxy(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, path=None):
     """The DiT proxy as a stock ``diffusers.WanPipeline`` (text_encoder/tokenizer are None)."""
     from diffusers import WanPipeline
 
-    pipe = WanPipeline.from_pretrained(_check("wan_proxy"), torch_dtype=dtype)
+    pipe = WanPipeline.from_pretrained(_check("wan_proxy", path), torch_dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
-def load_unet_proxy(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+def load_unet_proxy(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, path=None):
     """The UNet proxy as a stock ``diffusers.AnimateDiffPipeline`` (UNetMotionModel; no text encoder)."""
     from diffusers import AnimateDiffPipeline
 
-    pipe = AnimateDiffPipeline.from_pretrained(_check("unet_proxy"), torch_dtype=dtype)
+    pipe = AnimateDiffPipeline.from_pretrained(_check("unet_proxy", path), torch_dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
