@@ -256,3 +256,54 @@ def test_policies_are_frozen_and_modes_set_parameters():
         p.alpha = 0.1
     assert EasyCache.for_model("wan") == EasyCache(0.05, 10)
     assert EasyCache.for_model("hunyuan_video") == EasyCache(0.025, 5)
+
+
+class _SyncCounter(torch.overrides.TorchFunctionMode):
+    """Counts device-to-host reads (the host syncs on CUDA) made through tensor methods."""
+
+    SYNCS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.SYNCS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        EasyCache(threshold=0.3, warmup_steps=2),
+        PreciseCache(mode="turbo", signal="input"),
+        PreciseCache(mode="flash", signal="input", block_ratio=0.4, refresh_steps=3),
+    ],
+    ids=["easycache", "lfcache", "flash"],
+)
+def test_at_most_one_host_sync_per_denoiser_call(policy):
+    xs, vs = trajectory()
+    blocks = [_Block(s) for s in (0.01, 0.5, 0.02, 0.3, 0.05)]
+    state = policy.new_state()
+    state.store = DeviceStore()
+    if hasattr(state, "engine"):
+        state.engine = _FakeEngine(len(blocks))
+    n = len(xs)
+    per_call = []
+    for t in range(n):
+        for bi, br in enumerate(("cond", "uncond")):
+            call = CallInfo(step=t, num_steps=n, branch=br, leader=bi == 0)
+            with _SyncCounter() as counter:
+                if policy.should_compute(state, call, xs[t]):
+                    h = xs[t]
+                    if policy.block_level:
+                        for j, blk in enumerate(blocks):
+                            h = policy.block_forward(state, call, j, blk, lambda blk=blk, h=h: blk(h), (h,), {})
+                    policy.after_compute(state, call, xs[t], vs[t])
+                else:
+                    policy.reused_output(state, call, xs[t])
+                if hasattr(policy, "after_call"):
+                    policy.after_call(state, call, xs[t])
+            per_call.append(counter.count)
+    assert max(per_call) == 1, per_call  # == 1: the counter does see the decision's sync

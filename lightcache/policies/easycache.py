@@ -44,7 +44,7 @@ class EasyCacheState:
     last_out: Optional[Tensor] = None  # leader output at the last full compute (v_i)
     last_out_mean: Optional[Tensor] = None  # mean|v_i|
     decisions: dict = field(default_factory=dict)  # step -> computed?
-    epsilons: dict = field(default_factory=dict)  # step -> ε_t (host float, for reports and tests)
+    epsilons: dict = field(default_factory=dict)  # step -> ε_t (0-d device tensor)
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class EasyCache(CachePolicy):
             eps = state.rate * mean_abs_diff(x_lat, state.prev_x) / state.last_out_mean
             state.accumulated = eps if state.accumulated is None else state.accumulated + eps
             compute = bool(state.accumulated >= self.threshold)  # the call's one host sync
-            state.epsilons[call.step] = float(eps)
+            state.epsilons[call.step] = eps  # a device tensor: reading it later costs no sync now
         if compute:
             state.accumulated = None
         state.decisions[call.step] = compute

@@ -56,7 +56,8 @@ class PreciseCacheState:
     computed_count: dict = field(default_factory=dict)  # branch -> computed calls so far
     pivotal: dict = field(default_factory=dict)  # branch -> set of pivotal block indices
     refreshing: dict = field(default_factory=dict)  # branch -> this call runs every block
-    block_scores: dict = field(default_factory=dict)  # (branch, j) -> mean|D_j|
+    block_scores: dict = field(default_factory=dict)  # (branch, j) -> mean|D_j| (device)
+    pending_rank: dict = field(default_factory=dict)  # branch -> (block indices, scores) not yet read
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,14 @@ class PreciseCache(CachePolicy):
         f = self._signal_input(state, x) if needs_signal else None
         compute = True
         if not warm and state.prev_signal_input is not None:
-            s = float(torch.ops.lightcache.lowfreq_energy(f, state.prev_signal_input, self.radius_ratio))
+            lfd = torch.ops.lightcache.lowfreq_energy(f, state.prev_signal_input, self.radius_ratio).reshape(1)
+            pending = state.pending_rank.pop(call.branch, None)
+            if pending is None:
+                s = float(lfd)  # the call's one host sync
+            else:  # fold the last refresh's block ranking into the same sync
+                values = torch.cat([lfd, pending[1].to(lfd.device)]).tolist()
+                s = values[0]
+                self._apply_rank(state, call.branch, pending[0], values[1:])
             state.signals[call.step] = s
             state.max_signal = max(state.max_signal, s)
             state.accumulated += s
@@ -151,7 +159,8 @@ class PreciseCache(CachePolicy):
     def _begin_computed_call(self, state: PreciseCacheState, call: CallInfo) -> None:
         n = state.computed_count.get(call.branch, 0)
         state.computed_count[call.branch] = n + 1
-        state.refreshing[call.branch] = (n % self.refresh_steps == 0) or call.branch not in state.pivotal
+        has_ranking = call.branch in state.pivotal or call.branch in state.pending_rank
+        state.refreshing[call.branch] = (n % self.refresh_steps == 0) or not has_ranking
         if state.refreshing[call.branch]:
             state.block_scores = {k: v for k, v in state.block_scores.items() if k[0] != call.branch}
         elif state.engine is not None:
@@ -161,16 +170,15 @@ class PreciseCache(CachePolicy):
         adapter = state.engine.adapter
         key = (call.branch, "block", index)
         refreshing = state.refreshing.get(call.branch, True)
-        if refreshing or index in state.pivotal.get(call.branch, ()):
+        if refreshing or index in self._pivotal(state, call.branch):
             ins = adapter.block_streams(block, args, kwargs)
             out = run()
             outs = adapter.output_streams(out)
             residuals = [o - i for o, i in zip(outs, ins)]
             for s, r in enumerate(residuals):
                 state.store.put(key + (s,), r)
-            if refreshing:
-                score = sum(float(r.abs().mean()) for r in residuals)
-                state.block_scores[(call.branch, index)] = score
+            if refreshing:  # device tensors; ranked with one host sync after the last block
+                state.block_scores[(call.branch, index)] = sum(r.abs().float().mean() for r in residuals)
                 if index == state.engine.report.num_blocks - 1:
                     self._rank(state, call.branch)
             return out
@@ -184,7 +192,7 @@ class PreciseCache(CachePolicy):
 
     def _prefetch_next(self, state: PreciseCacheState, call: CallInfo, start: int) -> None:
         """Ask the store to bring back the residuals of the next block that will be reused."""
-        pivotal = state.pivotal.get(call.branch, ())
+        pivotal = self._pivotal(state, call.branch)
         n = state.engine.report.num_blocks
         j = start
         while j < n and j in pivotal:
@@ -194,9 +202,19 @@ class PreciseCache(CachePolicy):
                 state.store.prefetch((call.branch, "block", j, s))
 
     def _rank(self, state: PreciseCacheState, branch: str) -> None:
-        scores = sorted(
-            ((v, j) for (b, j), v in state.block_scores.items() if b == branch), key=lambda p: (-p[0], p[1])
-        )
+        """Queue the ranking of a refresh call (device tensors); materialised on first use."""
+        items = [(j, v) for (b, j), v in state.block_scores.items() if b == branch]
+        state.pending_rank[branch] = ([j for j, _ in items], torch.stack([v for _, v in items]))
+        state.block_scores = {k: v for k, v in state.block_scores.items() if k[0] != branch}
+
+    def _pivotal(self, state: PreciseCacheState, branch: str):
+        pending = state.pending_rank.pop(branch, None)
+        if pending is not None:
+            self._apply_rank(state, branch, pending[0], pending[1].tolist())  # one host sync
+        return state.pivotal.get(branch, ())
+
+    def _apply_rank(self, state: PreciseCacheState, branch: str, indices, values) -> None:
+        scores = sorted(zip(values, indices), key=lambda p: (-p[0], p[1]))
         keep = max(1, math.ceil(self.block_ratio * len(scores)))
         state.pivotal[branch] = {j for _, j in scores[:keep]}
 

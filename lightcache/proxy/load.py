@@ -5,7 +5,9 @@ Two proxies, trained by ``benchmarks/proxy/train_all.py`` on clips from :mod:`li
 - ``wan_proxy``: ``WanPipeline`` (``WanTransformer3DModel`` + tiny ``AutoencoderKLWan`` + flow-matching Euler).
 - ``unet_proxy``: ``AnimateDiffPipeline`` (``UNetMotionModel`` + tiny ``AutoencoderKL`` + DDIM), for DeepCache.
 
-Neither has a text encoder: drive them with ``prompt_embeds`` from :func:`embeds_for`.
+Neither has a text encoder: drive them with ``prompt_embeds`` from :func:`embeds_for`. ``from_pretrained`` on
+the folders needs ``text_encoder=None, tokenizer=None`` passed explicitly (diffusers refuses to infer absent
+required components); the loaders here do that.
 diffusers is imported lazily so ``lightcache.proxy.data`` works without it.
 """
 
@@ -52,7 +54,9 @@ def load_wan_proxy(device: str | torch.device = "cpu", dtype: torch.dtype = torc
     """The DiT proxy as a stock ``diffusers.WanPipeline`` (text_encoder/tokenizer are None)."""
     from diffusers import WanPipeline
 
-    pipe = WanPipeline.from_pretrained(_check("wan_proxy", path), torch_dtype=dtype)
+    pipe = WanPipeline.from_pretrained(
+        _check("wan_proxy", path), text_encoder=None, tokenizer=None, dtype=dtype
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -61,7 +65,9 @@ def load_unet_proxy(device: str | torch.device = "cpu", dtype: torch.dtype = tor
     """The UNet proxy as a stock ``diffusers.AnimateDiffPipeline`` (UNetMotionModel; no text encoder)."""
     from diffusers import AnimateDiffPipeline
 
-    pipe = AnimateDiffPipeline.from_pretrained(_check("unet_proxy", path), torch_dtype=dtype)
+    pipe = AnimateDiffPipeline.from_pretrained(
+        _check("unet_proxy", path), text_encoder=None, tokenizer=None, dtype=dtype
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
