@@ -141,6 +141,8 @@ setup(
     # every lightcache subpackage, plus kernels/ (Triton) installed as lightcache.kernels
     packages=find_packages(include=["lightcache", "lightcache.*"]) + ["lightcache.kernels"],
     package_dir={"lightcache.kernels": "kernels"},
+    # trained proxy pipelines (benchmarks/proxy/train_all.py): configs + safetensors, ~15 MB in all
+    package_data={"lightcache.proxy": ["weights/*/*.json", "weights/*/*/*.json", "weights/*/*/*.safetensors"]},
     ext_modules=[CMakeExtension("lightcache._C")],
     cmdclass={"build_ext": CMakeBuild},
 )

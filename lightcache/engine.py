@@ -165,16 +165,33 @@ class Session:
     # -- blocks --------------------------------------------------------------------------------
 
     def block(self, index: int, module, original_forward, args, kwargs):
-        policy = self.policy
-        if policy is None or not policy.block_level or self.in_trial or self._current_call is None:
-            self.blocks_run += 1
-            return original_forward(*args, **kwargs)
+        # The policy's bookkeeping runs outside torch.compile (graph breaks around it), so a
+        # regionally compiled block compiles only the block's own computation.
+        reused = self._block_begin(index, module, args, kwargs)
+        if reused is not None:
+            return reused
+        out = original_forward(*args, **kwargs)
+        return self._block_end(index, module, args, kwargs, out)
 
-        def run():
-            self.blocks_run += 1
-            return original_forward(*args, **kwargs)
+    def _block_active(self) -> bool:
+        return (
+            self.policy is not None and self.policy.block_level and not self.in_trial and self._current_call is not None
+        )
 
-        return policy.block_forward(self.policy_state, self._current_call, index, module, run, args, kwargs)
+    @torch.compiler.disable
+    def _block_begin(self, index, module, args, kwargs):
+        if self._block_active():
+            reused = self.policy.block_begin(self.policy_state, self._current_call, index, module, args, kwargs)
+            if reused is not None:
+                return reused
+        self.blocks_run += 1
+        return None
+
+    @torch.compiler.disable
+    def _block_end(self, index, module, args, kwargs, out):
+        if self._block_active():
+            return self.policy.block_end(self.policy_state, self._current_call, index, module, args, kwargs, out)
+        return out
 
     def trial(self, sample):
         """Run the current denoiser call on a replacement latent (LFCache's cheap trial forward):

@@ -146,6 +146,16 @@ def test_lfcache_reused_step_returns_cached_prediction():
             assert torch.equal(out, last)
 
 
+def block_call(policy, state, call, j, blk, h, ran=None):
+    """One block through a block-level policy, as the engine does it."""
+    out = policy.block_begin(state, call, j, blk, (h,), {})
+    if out is None:
+        if ran is not None:
+            ran.append(j)
+        out = policy.block_end(state, call, j, blk, (h,), {}, blk(h))
+    return out
+
+
 class _Block(torch.nn.Module):
     def __init__(self, scale):
         super().__init__()
@@ -179,10 +189,7 @@ def test_blockcache_pivotal_choice_and_refresh_window():
         h = torch.full((2, 3), float(t + 1))
         ran = []
         for j, blk in enumerate(blocks):
-            def run(blk=blk, h=h, j=j):
-                ran.append(j)
-                return blk(h)
-            h = policy.block_forward(state, call, j, blk, run, (h,), {})
+            h = block_call(policy, state, call, j, blk, h, ran)
         ran_per_step.append(ran)
     # refresh steps (0, 3, 6) run every block; the others only the top ceil(0.4·5) = 2 by mean|D_j|
     for t, ran in enumerate(ran_per_step):
@@ -200,8 +207,8 @@ def test_blockcache_reused_block_is_input_plus_cached_residual():
         call = CallInfo(step=t, num_steps=2, branch="cond", leader=True)
         policy.should_compute(state, call, torch.zeros(1))
         h0 = torch.full((4,), float(t + 1))
-        h1 = policy.block_forward(state, call, 0, blocks[0], lambda: blocks[0](h0), (h0,), {})
-        h2 = policy.block_forward(state, call, 1, blocks[1], lambda: blocks[1](h1), (h1,), {})
+        h1 = block_call(policy, state, call, 0, blocks[0], h0)
+        h2 = block_call(policy, state, call, 1, blocks[1], h1)
         outs.append((h0, h1, h2))
     # step 1: block 1 is not pivotal → h1 + D_1 where D_1 is the residual recorded at step 0
     d1_step0 = blocks[1](outs[0][1]) - outs[0][1]
@@ -299,7 +306,7 @@ def test_at_most_one_host_sync_per_denoiser_call(policy):
                     h = xs[t]
                     if policy.block_level:
                         for j, blk in enumerate(blocks):
-                            h = policy.block_forward(state, call, j, blk, lambda blk=blk, h=h: blk(h), (h,), {})
+                            h = block_call(policy, state, call, j, blk, h)
                     policy.after_compute(state, call, xs[t], vs[t])
                 else:
                     policy.reused_output(state, call, xs[t])

@@ -3,7 +3,7 @@ with epsilon prediction on DDIM's noise schedule, saved as a stock AnimateDiffPi
 lightcache/proxy/weights/unet_proxy/.
 
 Run through train_all.py, or alone:
-    python benchmarks/proxy/train_unet.py --vae-steps 400 --unet-steps 600
+    python benchmarks/proxy/train_unet.py --vae-steps 400 --unet-steps 500
 """
 
 from __future__ import annotations
@@ -236,10 +236,10 @@ def main(args) -> None:
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kl-vae-steps", type=int, default=400)
-    p.add_argument("--kl-vae-batch", type=int, default=6)
+    p.add_argument("--kl-vae-batch", type=int, default=4)
     p.add_argument("--kl-vae-lr", type=float, default=2e-3)
     p.add_argument("--unet-clips", type=int, default=3000)
-    p.add_argument("--unet-steps", type=int, default=600)
+    p.add_argument("--unet-steps", type=int, default=500)
     p.add_argument("--unet-batch", type=int, default=12)
     p.add_argument("--unet-lr", type=float, default=1e-3)
 

@@ -2,7 +2,7 @@
 matching on its latents, saved as a stock WanPipeline folder in lightcache/proxy/weights/wan_proxy/.
 
 Run through train_all.py (which records the settings), or alone:
-    python benchmarks/proxy/train_wan.py --vae-steps 900 --dit-steps 2400
+    python benchmarks/proxy/train_wan.py --vae-steps 900 --dit-steps 2200
 """
 
 from __future__ import annotations
@@ -263,9 +263,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae-batch", type=int, default=8)
     p.add_argument("--vae-lr", type=float, default=3e-3)
     p.add_argument("--clips", type=int, default=4000)
-    p.add_argument("--dit-steps", type=int, default=2400)
+    p.add_argument("--dit-steps", type=int, default=2200)
     p.add_argument("--dit-batch", type=int, default=16)
-    p.add_argument("--dit-lr", type=float, default=6e-4)
+    p.add_argument("--dit-lr", type=float, default=8e-4)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ class CallInfo:
 class CachePolicy:
     """Base of every policy. Subclasses are frozen dataclasses that validate in __post_init__."""
 
-    #: policies that skip work inside a computed call set this and implement block_forward
+    #: policies that skip work inside a computed call set this and implement block_begin/block_end
     block_level: bool = False
 
     def new_state(self) -> Any:
@@ -53,6 +53,17 @@ class CachePolicy:
     def reused_output(self, state: Any, call: CallInfo, x: Tensor) -> Tensor:
         """The output of a call that is not computed."""
         raise NotImplementedError
+
+    # block-level policies (block_level = True); the engine calls, for block ``index`` of a computed call:
+    #   out = block_begin(...); if out is None: out = block_end(..., block(*args, **kwargs))
+
+    def block_begin(self, state: Any, call: CallInfo, index: int, block, args, kwargs) -> Optional[Any]:
+        """None to run the block, or the block's output without running it."""
+        return None
+
+    def block_end(self, state: Any, call: CallInfo, index: int, block, args, kwargs, out: Any) -> Any:
+        """Record what a block that ran produced; returns its output."""
+        return out
 
 
 # ---------------------------------------------------------------------------------------------

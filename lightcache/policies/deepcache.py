@@ -67,26 +67,39 @@ class DeepCache(CachePolicy):
             state.store.prefetch(("deep", call.branch))  # its copy overlaps the shallow down blocks
         return True  # the UNet always runs; what is skipped is decided per block
 
-    def block_forward(self, state: DeepCacheState, call: CallInfo, index: int, block, run, args, kwargs):
+    def _role(self, state: DeepCacheState, call: CallInfo, index: int):
         n_down, n_up = self._layout(state)
-        cache_up = n_up - 2 - self.branch  # deepest skipped up block; its output is cached
-        shallow = index <= self.branch or index >= n_down + 1 + cache_up + 1
-        key = ("deep", call.branch)
-        full = state.full.get(call.step, True) or key not in state.store
+        cache_at = n_down + 1 + (n_up - 2 - self.branch)  # deepest skipped up block: its output is cached
+        shallow = index <= self.branch or index > cache_at
+        full = state.full.get(call.step, True) or ("deep", call.branch) not in state.store
+        return full, shallow, cache_at
+
+    def block_begin(self, state: DeepCacheState, call: CallInfo, index: int, block, args, kwargs):
+        """None: run the block; else the cached deep feature or a shape-only placeholder."""
+        full, shallow, cache_at = self._role(state, call, index)
         if full or shallow:
-            out = run()
-            if full and not shallow:
-                state.templates[index] = tree_map(
-                    lambda t: (t.shape, t.dtype, t.device) if isinstance(t, torch.Tensor) else t, out
-                )
-                if index == n_down + 1 + cache_up:
-                    state.store.put(key, out)
-            return out
-        if index == n_down + 1 + cache_up:
-            return state.store.load(key)
+            return None
+        if index == cache_at:
+            return state.store.load(("deep", call.branch))
         # a skipped deep block: shapes only (its output flows only into other skipped blocks)
-        return tree_map(
-            lambda m: torch.empty(m[0], dtype=m[1], device=m[2]) if isinstance(m, tuple) and len(m) == 3 and isinstance(m[1], torch.dtype) else m,
-            state.templates[index],
-            is_leaf=lambda m: isinstance(m, tuple) and len(m) == 3 and isinstance(m[1], torch.dtype),
-        )
+        return tree_map(_placeholder, state.templates[index], is_leaf=_is_meta)
+
+    def block_end(self, state: DeepCacheState, call: CallInfo, index: int, block, args, kwargs, out):
+        full, shallow, cache_at = self._role(state, call, index)
+        if full and not shallow:
+            state.templates[index] = tree_map(_meta, out)
+            if index == cache_at:
+                state.store.put(("deep", call.branch), out)
+        return out
+
+
+def _meta(t):
+    return (tuple(t.shape), t.dtype, t.device) if isinstance(t, torch.Tensor) else t
+
+
+def _is_meta(m) -> bool:
+    return isinstance(m, tuple) and len(m) == 3 and isinstance(m[1], torch.dtype)
+
+
+def _placeholder(m):
+    return torch.empty(m[0], dtype=m[1], device=m[2]) if _is_meta(m) else m

@@ -166,29 +166,29 @@ class PreciseCache(CachePolicy):
         elif state.engine is not None:
             self._prefetch_next(state, call, 0)
 
-    def block_forward(self, state: PreciseCacheState, call: CallInfo, index: int, block, run, args, kwargs):
+    def block_begin(self, state: PreciseCacheState, call: CallInfo, index: int, block, args, kwargs):
+        """None: run the block (refresh calls, pivotal blocks); else its reused output in_j + D_j."""
+        if state.refreshing.get(call.branch, True) or index in self._pivotal(state, call.branch):
+            return None
         adapter = state.engine.adapter
-        key = (call.branch, "block", index)
-        refreshing = state.refreshing.get(call.branch, True)
-        if refreshing or index in self._pivotal(state, call.branch):
-            ins = adapter.block_streams(block, args, kwargs)
-            out = run()
-            outs = adapter.output_streams(out)
-            residuals = [o - i for o, i in zip(outs, ins)]
-            for s, r in enumerate(residuals):
-                state.store.put(key + (s,), r)
-            if refreshing:  # device tensors; ranked with one host sync after the last block
-                state.block_scores[(call.branch, index)] = sum(r.abs().float().mean() for r in residuals)
-                if index == state.engine.report.num_blocks - 1:
-                    self._rank(state, call.branch)
-            return out
-        ins = adapter.block_streams(block, args, kwargs)
         self._prefetch_next(state, call, index + 1)  # overlaps the next reused block's copy with this one
         outs = []
-        for s, t in enumerate(ins):
-            d, scale = state.store.get(key + (s,))
+        for s, t in enumerate(adapter.block_streams(block, args, kwargs)):
+            d, scale = state.store.get((call.branch, "block", index, s))
             outs.append(torch.ops.lightcache.reuse(t, d, scale))
         return adapter.pack_streams(tuple(outs))
+
+    def block_end(self, state: PreciseCacheState, call: CallInfo, index: int, block, args, kwargs, out):
+        adapter = state.engine.adapter
+        ins = adapter.block_streams(block, args, kwargs)
+        residuals = [o - i for o, i in zip(adapter.output_streams(out), ins)]
+        for s, r in enumerate(residuals):
+            state.store.put((call.branch, "block", index, s), r)
+        if state.refreshing.get(call.branch, True):  # device tensors; ranked after the last block
+            state.block_scores[(call.branch, index)] = sum(r.abs().float().mean() for r in residuals)
+            if index == state.engine.report.num_blocks - 1:
+                self._rank(state, call.branch)
+        return out
 
     def _prefetch_next(self, state: PreciseCacheState, call: CallInfo, start: int) -> None:
         """Ask the store to bring back the residuals of the next block that will be reused."""
