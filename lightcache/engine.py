@@ -26,6 +26,14 @@ DENOISER_HOOK = "lightcache.denoiser"
 BLOCK_HOOK = "lightcache.block"
 _SESSION_ATTR = "_lightcache_session"
 _BRANCH_NAMES = {"cond": "cond", "uncond": "uncond"}  # any other context name is one joint call
+# (component or None for the pipeline itself, method, stage): the pipeline calls these through
+# attributes, so instance-level wrappers see every invocation
+_STAGE_METHODS = (
+    (None, "encode_prompt", "encode"),
+    (None, "encode_image", "encode"),
+    ("vae", "encode", "encode"),
+    ("vae", "decode", "decode"),
+)
 
 
 def _registry_cls():
@@ -59,6 +67,30 @@ def _like_output(template: Any, sample: torch.Tensor) -> Any:
     return type(template)(sample=sample)
 
 
+class _StageClock:
+    """Wall time (CUDA: synchronised) and, on CUDA, the allocator's peak of one stage invocation.
+    CPU memory peaks come from the memory plan's tracker, not from here."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self.peak = None
+        self.seconds = time.perf_counter() - self.start
+
+
 class Session:
     """Everything lightcache knows about one enabled denoiser."""
 
@@ -81,6 +113,8 @@ class Session:
         self._templates: dict = {}
         self.uses_scheduler = False
         self.in_trial = False
+        self.last_stage: Optional[str] = None
+        self.device = next(iter(denoiser.parameters()), torch.empty(0)).device
         self._current_call: Optional[CallInfo] = None
         self._original_forward = None
         self._call_args = None
@@ -101,7 +135,9 @@ class Session:
             self.policy_state.store = self.store
             if hasattr(self.policy_state, "engine"):
                 self.policy_state.engine = self
-        self.report.reset()
+        if self.last_stage != "encode":  # this pipeline call had no encode stage before denoising
+            self.report.reset()
+        self.last_stage = "denoise"
 
     def _make_store(self):
         if self.memory is not None and hasattr(self.memory, "make_store"):
@@ -124,6 +160,16 @@ class Session:
 
     def end_step(self) -> None:
         self.step += 1
+
+    def stage(self, name: str, fn, args, kwargs):
+        """Run one invocation of the encode or decode stage, timed and (CUDA) peak-measured."""
+        if name == "encode" and self.last_stage != "encode":
+            self.report.reset()  # the first stage of a new pipeline call
+        self.last_stage = name
+        with _StageClock(self.device) as clock:
+            out = fn(*args, **kwargs)
+        self.report.add_stage(name, clock.seconds, clock.peak)
+        return out
 
     def call_info(self, ctx) -> CallInfo:
         """Step, branch and leadership of the denoiser call about to run."""
@@ -217,7 +263,7 @@ class Session:
         self._current_call = call
         self._original_forward = original_forward
         self._call_args = (args, kwargs)
-        start = time.perf_counter()
+        clock = _StageClock(self.device).__enter__()
         policy, state = self.policy, self.policy_state
         compute = True if policy is None else policy.should_compute(state, call, x)
         if compute:
@@ -238,7 +284,8 @@ class Session:
             policy.after_call(state, call, x)
         self._current_call = None
         self._call_args = None
-        self.report.record(call, computed=compute, blocks_computed=self.blocks_run, seconds=time.perf_counter() - start)
+        clock.__exit__(None, None, None)
+        self.report.record(call, computed=compute, blocks_computed=self.blocks_run, seconds=clock.seconds, peak=clock.peak)
         return out
 
 
@@ -344,6 +391,21 @@ def _install_pipeline_taps(session: Session) -> None:
     _wrap_method(scheduler, "set_timesteps", tap_set_timesteps, session._wrapped)
     _wrap_method(scheduler, "step", tap_step, session._wrapped)
     session.uses_scheduler = True
+
+    def tap_stage(name):
+        def make(original):
+            def staged(*args, **kwargs):
+                return session.stage(name, original, args, kwargs)
+
+            return staged
+
+        return make
+
+    pipe = session.pipe
+    for owner, method, stage in _STAGE_METHODS:
+        obj = pipe if owner is None else getattr(pipe, owner, None)
+        if obj is not None and callable(getattr(obj, method, None)):
+            _wrap_method(obj, method, tap_stage(stage), session._wrapped)
 
 
 def uninstall(session: Session) -> None:

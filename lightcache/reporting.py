@@ -32,11 +32,18 @@ class Report:
         self.cache_bytes = {"device": 0, "host": 0}
         self.seconds = {s: 0.0 for s in STAGES}
 
-    def record(self, call, *, computed: bool, blocks_computed: int, seconds: float) -> None:
+    def record(self, call, *, computed: bool, blocks_computed: int, seconds: float, peak: Optional[int] = None) -> None:
         self.decisions.append(
             Decision(call.step, call.branch, computed, blocks_computed, self.num_blocks, seconds)
         )
-        self.seconds["denoise"] += seconds
+        self.add_stage("denoise", seconds, peak)
+
+    def add_stage(self, stage: str, seconds: float, peak: Optional[int] = None) -> None:
+        """Account one invocation of a stage: time adds up, the peak is the maximum."""
+        self.seconds[stage] += seconds
+        if peak is not None:
+            old = self.peak_bytes[stage]
+            self.peak_bytes[stage] = peak if old is None else max(old, peak)
 
     @property
     def reuse_ratio(self) -> float:

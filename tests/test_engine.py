@@ -209,3 +209,27 @@ def test_report_without_enable_is_an_error():
     pipe, _ = build("wan")
     with pytest.raises(ValueError, match="not enabled"):
         lightcache.report(pipe)
+
+
+@pytest.mark.parametrize("family", ["wan_i2v", "svd"])
+def test_report_seconds_per_stage_and_fresh_per_call(family):
+    import json
+
+    pipe, kwargs = build(family)
+    lightcache.enable(pipe, policy=None)  # no caching: the report still meters the stages
+    try:
+        run(pipe, kwargs)
+        first = lightcache.report(pipe).as_dict()
+        run(pipe, kwargs)
+        second = lightcache.report(pipe).as_dict()
+    finally:
+        lightcache.disable(pipe)
+    for rep in (first, second):
+        assert all(rep["seconds"][s] > 0 for s in ("encode", "denoise", "decode")), rep["seconds"]
+        assert rep["reuse_ratio"] == 0.0
+        json.dumps(rep)
+    # the second call's report is its own, not the sum of both calls
+    assert len(second["decisions"]) == len(first["decisions"]) == kwargs["num_inference_steps"] * (
+        2 if family == "wan_i2v" else 1
+    )
+    assert [d["step"] for d in second["decisions"]] == [d["step"] for d in first["decisions"]]
