@@ -113,6 +113,7 @@ class Session:
         self._templates: dict = {}
         self.uses_scheduler = False
         self.in_trial = False
+        self._last_t: Optional[float] = None
         self.last_stage: Optional[str] = None
         self.device = next(iter(denoiser.parameters()), torch.empty(0)).device
         self._current_call: Optional[CallInfo] = None
@@ -171,7 +172,20 @@ class Session:
         self.report.add_stage(name, clock.seconds, clock.peak)
         return out
 
-    def call_info(self, ctx) -> CallInfo:
+    def _step_from_timestep(self, name, args, kwargs) -> None:
+        """Bare denoiser without step context: a new step when the denoiser's timestep argument
+        changes (or a branch repeats), a new run when it goes up. The number of steps is unknown
+        (policies that need it say so). Costs one host read of the timestep per call."""
+        t = self.adapter.timestep_value(args, kwargs)
+        branch = _BRANCH_NAMES.get(name, "joint") if name is not None else "joint"
+        if not self.run_active or (self._last_t is not None and t > self._last_t):
+            self.new_run(None)
+            self.step = 0
+        elif t != self._last_t or branch in self._calls_in_step:
+            self.step += 1
+        self._last_t = t
+
+    def call_info(self, ctx, args=(), kwargs=None) -> CallInfo:
         """Step, branch and leadership of the denoiser call about to run."""
         name = getattr(ctx, "name", None) if ctx is not None else None
         if self.uses_scheduler:
@@ -180,19 +194,15 @@ class Session:
                     "lightcache: the denoiser was called outside a pipeline run (the pipeline's scheduler "
                     "set_timesteps was not called first)"
                 )
-        else:
-            step_index = getattr(ctx, "step_index", None) if ctx is not None else None
-            if step_index is None:
-                raise RuntimeError(
-                    "lightcache needs the denoising step index: pass the pipeline to lightcache.enable() "
-                    "(its scheduler gives the step), or call the denoiser inside "
-                    "`with model.cache_context(name, step_index=i, num_inference_steps=n)`"
-                )
+        elif getattr(ctx, "step_index", None) is not None:
+            step_index = ctx.step_index
             if not self.run_active or step_index < self.step or (step_index == 0 and self._step_of_calls > 0):
                 self.new_run(getattr(ctx, "num_inference_steps", None))
             self.step = step_index
             if getattr(ctx, "num_inference_steps", None) is not None:
                 self.num_steps = ctx.num_inference_steps
+        else:
+            self._step_from_timestep(name, args, kwargs)
         if self._step_of_calls != self.step:
             self._step_of_calls = self.step
             self._calls_in_step = []
@@ -257,7 +267,7 @@ class Session:
     # -- the denoiser call ---------------------------------------------------------------------
 
     def denoise(self, original_forward, ctx, args, kwargs):
-        call = self.call_info(ctx)
+        call = self.call_info(ctx, args, kwargs)
         x = self.adapter.sample(args, kwargs)
         self.blocks_run = 0
         self._current_call = call

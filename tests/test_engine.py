@@ -121,24 +121,46 @@ def test_enable_twice_replaces(family_pipe):
     assert torch.equal(out, ref)
 
 
-@pytest.mark.parametrize("family", ["wan", "cogvideox"])
+@pytest.mark.parametrize("family", ["wan", "cogvideox", "hunyuan_video", "text_to_video_sd"])
 def test_enable_on_the_denoiser_alone(family):
+    """Given only the denoiser: Wan's pipeline passes step_index through cache_context; the others
+    are stepped by their timestep argument. Same outputs and decisions as enabling the pipeline."""
     pipe, kwargs = build(family)
     ref = run(pipe, kwargs)
     model = denoiser(pipe)
-    if family == "wan":  # Wan's pipeline passes step_index through cache_context
-        lightcache.enable(model, policy=lightcache.EasyCache(threshold=0.0, warmup_steps=0))
-        try:
-            assert torch.equal(run(pipe, kwargs), ref)
-            assert len(lightcache.report(model).decisions) > 0
-        finally:
-            lightcache.disable(model)
-    else:  # no step index from the pipeline: a clear error, and the model is left usable
-        lightcache.enable(model, policy=lightcache.EasyCache(threshold=0.0, warmup_steps=0))
-        with pytest.raises(RuntimeError, match="step index"):
-            run(pipe, kwargs)
-        lightcache.disable(model)
+    policy = lossless_policy(family)
+    lightcache.enable(model, policy=policy)
+    try:
         assert torch.equal(run(pipe, kwargs), ref)
+        lossless = [(d.step, d.branch) for d in lightcache.report(model).decisions]
+        lightcache.enable(model, policy=reusing_policy(family))
+        bare = run(pipe, kwargs)
+        bare_decisions = [(d.step, d.branch, d.computed, d.blocks_computed) for d in lightcache.report(model).decisions]
+    finally:
+        lightcache.disable(model)
+    n = kwargs["num_inference_steps"]
+    assert sorted({s for s, _ in lossless}) == list(range(n))
+    lightcache.enable(pipe, policy=reusing_policy(family))
+    try:
+        piped = run(pipe, kwargs)
+        piped_decisions = [(d.step, d.branch, d.computed, d.blocks_computed) for d in lightcache.report(pipe).decisions]
+    finally:
+        lightcache.disable(pipe)
+    if family == "wan" or family in UNETS:  # step count known or not needed: identical behaviour
+        assert torch.equal(bare, piped) and bare_decisions == piped_decisions
+    else:  # without the step count the last step is not forced: decisions agree up to it
+        assert bare_decisions[: -2] == piped_decisions[: -2]
+    assert torch.equal(run(pipe, kwargs), ref)
+
+
+def test_precisecache_needs_the_step_count():
+    pipe, kwargs = build("cogvideox")
+    lightcache.enable(pipe.transformer, policy=lightcache.PreciseCache(mode="turbo"))
+    try:
+        with pytest.raises(RuntimeError, match="number of steps"):
+            run(pipe, kwargs)
+    finally:
+        lightcache.disable(pipe.transformer)
 
 
 def test_cfg_off_and_batch_two():

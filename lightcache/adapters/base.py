@@ -58,6 +58,13 @@ class ModelAdapter:
         raise ValueError(f"{self.family}: the denoiser was called without its latent input '{self.sample_arg}'")
 
 
+    def timestep_value(self, args: Sequence, kwargs: dict) -> float:
+        """The denoiser call's timestep as a number (its first element; a host read)."""
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        if t is None:
+            raise ValueError(f"{self.family}: the denoiser was called without a timestep")
+        return float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
+
     def replace_sample(self, args: Sequence, kwargs: dict, sample: torch.Tensor):
         """(args, kwargs) of a denoiser call with its latent input replaced."""
         if self.sample_arg in kwargs or not args:
