@@ -12,6 +12,10 @@ from conftest import HAS_CUDA
 
 from lightcache import _ext
 
+# subprocesses run from tests/, so `python -c` imports the installed lightcache, not the source
+# tree's (which has no compiled _C) from the current directory
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 
 def _nvcc_available():
     """The same search setup.py does at build time."""
@@ -23,7 +27,7 @@ def _nvcc_available():
 
 
 def _run(code, **kw):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, **kw)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=HERE, **kw)
 
 
 def test_compiled_module_imports():
@@ -88,7 +92,7 @@ def test_tolerant_loading_when_C_is_missing():
 
 
 def test_info_command():
-    proc = subprocess.run([sys.executable, "-m", "lightcache.info"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "lightcache.info"], capture_output=True, text=True, timeout=120, cwd=HERE)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for line in (

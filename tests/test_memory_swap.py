@@ -218,7 +218,7 @@ _PINNED_REFUSED = textwrap.dedent(
 
 def test_pinned_refused_falls_back_with_warning_same_output():
     code = _PINNED_REFUSED.format(tests=str(Path(__file__).parent))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent)
     if "SKIP:" in proc.stdout:
         pytest.skip(proc.stdout.strip())
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -360,7 +360,7 @@ _LOW_MEMLOCK = textwrap.dedent(
 
 
 def test_pinned_refused_require_raises_prefer_falls_back():
-    proc = subprocess.run([sys.executable, "-c", _LOW_MEMLOCK], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", _LOW_MEMLOCK], capture_output=True, text=True, timeout=120, cwd=os.path.dirname(__file__))
     out = proc.stdout + proc.stderr
     if "SKIP:" in proc.stdout:
         pytest.skip(proc.stdout.strip())
