@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from lightcache.adapters.base import ModelAdapter
+from lightcache.memory.chunk import install_chunking, remove_chunking
+from lightcache.memory.meter import StageTracker
 from lightcache.memory.store import DeviceStore
 from lightcache.policies.base import CachePolicy, CallInfo
 from lightcache.reporting import Report
@@ -71,23 +73,28 @@ class _StageClock:
     """Wall time (CUDA: synchronised) and, on CUDA, the allocator's peak of one stage invocation.
     CPU memory peaks come from the memory plan's tracker, not from here."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, cpu_tracker: bool = False):
         self.cuda = device.type == "cuda"
         self.device = device
+        self.tracker = StageTracker() if cpu_tracker and not self.cuda else None
 
     def __enter__(self):
         if self.cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+        if self.tracker is not None:
+            self.tracker.__enter__()
         self.start = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
+        self.peak = None
         if self.cuda:
             torch.cuda.synchronize(self.device)
             self.peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self.peak = None
+        if self.tracker is not None:
+            self.tracker.__exit__(*exc)
+            self.peak = self.tracker.peak
         self.seconds = time.perf_counter() - self.start
 
 
@@ -162,12 +169,15 @@ class Session:
     def end_step(self) -> None:
         self.step += 1
 
+    def clock(self) -> "_StageClock":
+        return _StageClock(self.device, cpu_tracker=bool(getattr(self.memory, "cpu_tracker", False)))
+
     def stage(self, name: str, fn, args, kwargs):
         """Run one invocation of the encode or decode stage, timed and (CUDA) peak-measured."""
         if name == "encode" and self.last_stage != "encode":
             self.report.reset()  # the first stage of a new pipeline call
         self.last_stage = name
-        with _StageClock(self.device) as clock:
+        with self.clock() as clock:
             out = fn(*args, **kwargs)
         self.report.add_stage(name, clock.seconds, clock.peak)
         return out
@@ -273,7 +283,7 @@ class Session:
         self._current_call = call
         self._original_forward = original_forward
         self._call_args = (args, kwargs)
-        clock = _StageClock(self.device).__enter__()
+        clock = self.clock().__enter__()
         policy, state = self.policy, self.policy_state
         compute = True if policy is None else policy.should_compute(state, call, x)
         if compute:
@@ -368,6 +378,8 @@ def install(session: Session) -> None:
         registry_cls.check_if_exists_or_initialize(session.denoiser).invalidate_child_registries_cache()
         if session.pipe is not None:
             _install_pipeline_taps(session)
+        chunk = getattr(session.memory, "chunk_size", None)
+        session._chunked = install_chunking(session.blocks, chunk) if chunk else []
         setattr(session.denoiser, _SESSION_ATTR, session)
     except BaseException:
         uninstall(session)
@@ -419,6 +431,7 @@ def _install_pipeline_taps(session: Session) -> None:
 
 
 def uninstall(session: Session) -> None:
+    remove_chunking(getattr(session, "_chunked", []))
     _unwrap_methods(getattr(session, "_wrapped", []))
     for module in [session.denoiser] + session.blocks:
         reg = getattr(module, "_diffusers_hook", None)

@@ -27,6 +27,11 @@ class MemoryPlan:
     host_cache_budget: bytes of pinned host memory the swapped cache may take, or None.
     pinned: "prefer" (pageable memory with a warning when page-locked memory is refused),
         "require" (an error instead), or "off".
+    chunk_size: rows per chunk for the token-wise feed-forward layers (exact; see
+        lightcache.memory.chunk), or None for no chunking.
+    cpu_tracker: on CPU, meter each stage's peak with the deterministic live-tensor tracker
+        (report.peak_bytes); slower, meant for tests and measurements. On CUDA the allocator's
+        peaks are always reported.
     """
 
     swap: Union[str, bool] = "auto"
@@ -34,6 +39,8 @@ class MemoryPlan:
     cache_dtype: Optional[str] = None
     host_cache_budget: Optional[int] = None
     pinned: str = "prefer"
+    chunk_size: Optional[int] = None
+    cpu_tracker: bool = False
 
     def __post_init__(self):
         swap = self.swap
@@ -47,6 +54,11 @@ class MemoryPlan:
                 raise ValueError(f"MemoryPlan.{name} must be None or an int >= 0 (bytes), got {v!r}")
         if self.cache_dtype not in _CACHE_DTYPES:
             raise ValueError(f"MemoryPlan.cache_dtype must be one of None, 'bf16', 'fp8', got {self.cache_dtype!r}")
+        c = self.chunk_size
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
+            raise ValueError(f"MemoryPlan.chunk_size must be None or an int >= 1 (rows), got {c!r}")
+        if not isinstance(self.cpu_tracker, bool):
+            raise TypeError(f"MemoryPlan.cpu_tracker must be a bool, got {type(self.cpu_tracker).__name__}")
         if self.pinned not in ("prefer", "require", "off"):
             raise ValueError(f"MemoryPlan.pinned must be 'prefer', 'require' or 'off', got {self.pinned!r}")
 
