@@ -55,6 +55,21 @@ class EMA:
             e.lerp_(p.detach(), 1 - d)
 
 
+def object_weight(x: torch.Tensor, weight: float = 4.0, threshold: float = 0.15) -> torch.Tensor:
+    """Per-pixel loss weight 1 + ``weight`` on the coloured object (chroma > ``threshold``; x in [-1, 1], channels
+    on dim 1). Objects cover ~10% of a frame and carry the conditioning; unweighted, small autoencoders spend
+    hundreds of steps on the background before reconstructing them at all."""
+    chroma = (x - x.mean(dim=1, keepdim=True)).norm(dim=1, keepdim=True) / 2
+    return 1.0 + weight * (chroma > threshold).float()
+
+
+def recon_loss(y: torch.Tensor, x: torch.Tensor, weight: float = 4.0) -> torch.Tensor:
+    """Object-weighted MSE + L1, normalised by the mean weight."""
+    w = object_weight(x, weight)
+    d = y - x
+    return (w * (d.pow(2) + d.abs())).mean() / w.mean()
+
+
 def clip_chunks(n: int, seed: int, chunk: int = 256):
     """Yield (clips in [-1, 1] as (b, 3, F, H, W) float tensors, condition indices) in chunks, so the pixel
     data set never sits in memory whole. Chunk k uses seed*1000+k: deterministic and independent."""

@@ -3,7 +3,7 @@ with epsilon prediction on DDIM's noise schedule, saved as a stock AnimateDiffPi
 lightcache/proxy/weights/unet_proxy/.
 
 Run through train_all.py, or alone:
-    python benchmarks/proxy/train_unet.py --vae-steps 400 --unet-steps 500
+    python benchmarks/proxy/train_unet.py --kl-vae-steps 500 --unet-steps 500
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import EMA, WEIGHTS_DIR, clip_chunks, dir_bytes, log, lr_at, seed_all, set_threads, write_summary
+from common import (
+    EMA, WEIGHTS_DIR, clip_chunks, dir_bytes, log, lr_at, recon_loss, seed_all, set_threads, write_summary,
+)
 
 from lightcache.proxy.data import NUM_CONDITIONS, NUM_FRAMES, generate_clips, null_embeds, prompt_embeds
 
@@ -80,7 +82,8 @@ def vae_psnr(vae, x: torch.Tensor) -> float:
 
 
 def train_vae(steps: int, batch: int, lr: float, work: Path, seed: int = 11, kl_weight: float = 1e-4):
-    """Per-frame reconstruction with a small latent penalty; ``batch`` clips (x9 frames) per step."""
+    """Per-frame reconstruction (object-weighted MSE + L1, as for the Wan VAE) with a small latent penalty;
+    ``batch`` clips (x9 frames) per step."""
     from diffusers import AutoencoderKL
 
     seed_all(seed)
@@ -96,7 +99,7 @@ def train_vae(steps: int, batch: int, lr: float, work: Path, seed: int = 11, kl_
         mu = vae.encode(x).latent_dist.mean
         y = vae.decode(mu).sample
         rec = F.mse_loss(y, x)
-        loss = rec + kl_weight * mu.pow(2).mean()
+        loss = recon_loss(y, x) + kl_weight * mu.pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -235,7 +238,7 @@ def main(args) -> None:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kl-vae-steps", type=int, default=400)
+    p.add_argument("--kl-vae-steps", type=int, default=500)
     p.add_argument("--kl-vae-batch", type=int, default=4)
     p.add_argument("--kl-vae-lr", type=float, default=2e-3)
     p.add_argument("--unet-clips", type=int, default=3000)
