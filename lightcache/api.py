@@ -11,21 +11,20 @@ from lightcache.engine import Session, install, session_of, uninstall
 from lightcache.policies.base import CachePolicy
 from lightcache.reporting import Report
 
-_DENOISER_ATTRS = ("transformer", "unet")
+_DENOISER_ATTRS = ("transformer", "transformer_2", "unet")  # transformer_2: Wan 2.2's low-noise expert
 
 
 def _resolve(pipe_or_model):
-    """(denoiser, pipeline or None) for a diffusers pipeline or a denoiser module."""
+    """(denoisers, pipeline or None) for a diffusers pipeline or a denoiser module."""
     try:
         from diffusers import DiffusionPipeline
     except ImportError as exc:  # pragma: no cover - diffusers is needed for enable()
         raise ImportError("lightcache.enable needs diffusers (pip install diffusers)") from exc
     if isinstance(pipe_or_model, DiffusionPipeline):
-        for attr in _DENOISER_ATTRS:
-            model = getattr(pipe_or_model, attr, None)
-            if isinstance(model, nn.Module):
-                return model, pipe_or_model
-        raise ValueError(f"pipe_or_model: {type(pipe_or_model).__name__} has no transformer or unet to accelerate")
+        models = [m for m in (getattr(pipe_or_model, a, None) for a in _DENOISER_ATTRS) if isinstance(m, nn.Module)]
+        if not models:
+            raise ValueError(f"pipe_or_model: {type(pipe_or_model).__name__} has no transformer or unet to accelerate")
+        return models, pipe_or_model
     if isinstance(pipe_or_model, nn.Module):
         from diffusers import ModelMixin
 
@@ -34,7 +33,7 @@ def _resolve(pipe_or_model):
                 f"pipe_or_model must be a diffusers pipeline or a diffusers denoiser (ModelMixin), "
                 f"got {type(pipe_or_model).__name__}"
             )
-        return pipe_or_model, None
+        return [pipe_or_model], None
     raise TypeError(
         f"pipe_or_model must be a diffusers pipeline or a diffusers denoiser module, got {type(pipe_or_model).__name__}"
     )
@@ -43,9 +42,10 @@ def _resolve(pipe_or_model):
 def enable(pipe_or_model, policy: Optional[CachePolicy] = None, memory=None):
     """Accelerate a diffusers pipeline (or its transformer/UNet) with ``policy`` and ``memory``.
 
-    ``policy=None`` caches nothing (memory plan only). Enabling again replaces the previous
+    ``policy=None`` caches nothing (memory plan and report only). Every denoiser of the pipeline is
+    covered (Wan 2.2's two experts each keep their own cache). Enabling again replaces the previous
     configuration. If anything is invalid, nothing of the pipeline is changed."""
-    denoiser, pipe = _resolve(pipe_or_model)
+    denoisers, pipe = _resolve(pipe_or_model)
     if policy is not None and not isinstance(policy, CachePolicy):
         raise TypeError(f"policy must be a lightcache policy (EasyCache, PreciseCache, DeepCache) or None, got {type(policy).__name__}")
     if memory is not None:
@@ -53,29 +53,35 @@ def enable(pipe_or_model, policy: Optional[CachePolicy] = None, memory=None):
 
         if not isinstance(memory, MemoryPlan):
             raise TypeError(f"memory must be a lightcache.MemoryPlan or None, got {type(memory).__name__}")
-    adapter = adapters.adapter_for(denoiser)
+    found = [adapters.adapter_for(d) for d in denoisers]
     if policy is not None and hasattr(policy, "check_adapter"):
-        policy.check_adapter(adapter)
-    previous = session_of(denoiser)
-    if previous is not None:
-        uninstall(previous)
-    session = Session(denoiser, adapter, policy, memory, pipe=pipe)
-    install(session)
+        for adapter in found:
+            policy.check_adapter(adapter)
+    for d in denoisers:
+        previous = session_of(d)
+        if previous is not None:
+            uninstall(previous)
+    sessions = [Session(d, a, policy, memory, pipe=pipe) for d, a in zip(denoisers, found)]
+    install(sessions, pipe)
     return pipe_or_model
 
 
 def disable(pipe_or_model) -> None:
-    """Remove lightcache: the pipeline's denoiser and scheduler are exactly as before enable()."""
-    denoiser, _ = _resolve(pipe_or_model)
-    session = session_of(denoiser)
-    if session is not None:
-        uninstall(session)
+    """Remove lightcache: the pipeline's denoisers and scheduler are exactly as before enable()."""
+    denoisers, _ = _resolve(pipe_or_model)
+    for d in denoisers:
+        session = session_of(d)
+        if session is not None:
+            uninstall(session)
 
 
 def report(pipe_or_model) -> Report:
-    """What the last pipeline call did (see lightcache.reporting.Report)."""
-    denoiser, _ = _resolve(pipe_or_model)
-    session = session_of(denoiser)
-    if session is None:
+    """What the last pipeline call did (see lightcache.reporting.Report). With several denoisers
+    (Wan 2.2's experts) their decisions are merged in step order."""
+    denoisers, _ = _resolve(pipe_or_model)
+    sessions = [s for s in (session_of(d) for d in denoisers) if s is not None]
+    if not sessions:
         raise ValueError("pipe_or_model: lightcache is not enabled on it (call lightcache.enable first)")
-    return session.report
+    if len(sessions) == 1:
+        return sessions[0].report
+    return Report.merge([s.report for s in sessions])

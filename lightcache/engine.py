@@ -362,42 +362,51 @@ def _unwrap_methods(wrapped: list) -> None:
     wrapped.clear()
 
 
-def install(session: Session) -> None:
-    """Register the hooks and pipeline taps; on any failure undo what was done and re-raise."""
+def install(sessions: List[Session], pipe=None) -> None:
+    """Register every session's hooks and, given the pipeline, its taps (shared by all the
+    pipeline's denoisers, e.g. Wan 2.2's two experts); on any failure undo everything, re-raise."""
+    try:
+        for session in sessions:
+            _install_hooks(session)
+        if pipe is not None:
+            _install_pipeline_taps(sessions, pipe)
+    except BaseException:
+        for session in sessions:
+            uninstall(session)
+        raise
+
+
+def _install_hooks(session: Session) -> None:
     registry_cls = _registry_cls()
     created = []  # modules whose registry we created (removed again on uninstall when empty)
     session._created_registries = created
     session._wrapped = []
-    try:
-        for i, module in enumerate([session.denoiser] + session.blocks):
-            if not hasattr(module, "_diffusers_hook"):
-                created.append(module)
-            reg = registry_cls.check_if_exists_or_initialize(module)
-            hook = _DenoiserHook(session) if i == 0 else _BlockHook(session, i - 1)
-            reg.register_hook(hook, DENOISER_HOOK if i == 0 else BLOCK_HOOK)
-        registry_cls.check_if_exists_or_initialize(session.denoiser).invalidate_child_registries_cache()
-        if session.pipe is not None:
-            _install_pipeline_taps(session)
-        chunk = getattr(session.memory, "chunk_size", None)
-        session._chunked = install_chunking(session.blocks, chunk) if chunk else []
-        setattr(session.denoiser, _SESSION_ATTR, session)
-    except BaseException:
-        uninstall(session)
-        raise
+    for i, module in enumerate([session.denoiser] + session.blocks):
+        if not hasattr(module, "_diffusers_hook"):
+            created.append(module)
+        reg = registry_cls.check_if_exists_or_initialize(module)
+        hook = _DenoiserHook(session) if i == 0 else _BlockHook(session, i - 1)
+        reg.register_hook(hook, DENOISER_HOOK if i == 0 else BLOCK_HOOK)
+    registry_cls.check_if_exists_or_initialize(session.denoiser).invalidate_child_registries_cache()
+    chunk = getattr(session.memory, "chunk_size", None)
+    session._chunked = install_chunking(session.blocks, chunk) if chunk else []
+    setattr(session.denoiser, _SESSION_ATTR, session)
 
 
-def _install_pipeline_taps(session: Session) -> None:
-    scheduler = getattr(session.pipe, "scheduler", None)
+def _install_pipeline_taps(sessions: List[Session], pipe) -> None:
+    scheduler = getattr(pipe, "scheduler", None)
     if scheduler is None or not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "step"):
         raise ValueError(
-            f"pipe: {type(session.pipe).__name__} has no scheduler with set_timesteps/step; "
+            f"pipe: {type(pipe).__name__} has no scheduler with set_timesteps/step; "
             "pass the denoiser instead and run it inside cache_context(step_index=...)"
         )
+    primary = sessions[0]  # owns the wrappers and the encode/decode stages
 
     def tap_set_timesteps(original):
         def set_timesteps(*args, **kwargs):
             result = original(*args, **kwargs)
-            session.new_run(num_steps=len(scheduler.timesteps))
+            for session in sessions:
+                session.new_run(num_steps=len(scheduler.timesteps))
             return result
 
         return set_timesteps
@@ -405,29 +414,30 @@ def _install_pipeline_taps(session: Session) -> None:
     def tap_step(original):
         def step(*args, **kwargs):
             result = original(*args, **kwargs)
-            session.end_step()
+            for session in sessions:
+                session.end_step()
             return result
 
         return step
 
-    _wrap_method(scheduler, "set_timesteps", tap_set_timesteps, session._wrapped)
-    _wrap_method(scheduler, "step", tap_step, session._wrapped)
-    session.uses_scheduler = True
+    _wrap_method(scheduler, "set_timesteps", tap_set_timesteps, primary._wrapped)
+    _wrap_method(scheduler, "step", tap_step, primary._wrapped)
+    for session in sessions:
+        session.uses_scheduler = True
 
     def tap_stage(name):
         def make(original):
             def staged(*args, **kwargs):
-                return session.stage(name, original, args, kwargs)
+                return primary.stage(name, original, args, kwargs)
 
             return staged
 
         return make
 
-    pipe = session.pipe
     for owner, method, stage in _STAGE_METHODS:
         obj = pipe if owner is None else getattr(pipe, owner, None)
         if obj is not None and callable(getattr(obj, method, None)):
-            _wrap_method(obj, method, tap_stage(stage), session._wrapped)
+            _wrap_method(obj, method, tap_stage(stage), primary._wrapped)
 
 
 def uninstall(session: Session) -> None:

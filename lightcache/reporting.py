@@ -45,6 +45,20 @@ class Report:
             old = self.peak_bytes[stage]
             self.peak_bytes[stage] = peak if old is None else max(old, peak)
 
+    @classmethod
+    def merge(cls, reports: List["Report"]) -> "Report":
+        """One report for several denoisers of one pipeline (the first owns encode/decode)."""
+        merged = cls(num_blocks=reports[0].num_blocks)
+        merged.decisions = sorted((d for r in reports for d in r.decisions), key=lambda d: d.step)
+        merged.seconds = dict(reports[0].seconds)
+        merged.seconds["denoise"] = sum(r.seconds["denoise"] for r in reports)
+        merged.peak_bytes = dict(reports[0].peak_bytes)
+        peaks = [r.peak_bytes["denoise"] for r in reports if r.peak_bytes["denoise"] is not None]
+        merged.peak_bytes["denoise"] = max(peaks) if peaks else None
+        # each expert's high-water mark, added: an upper bound of the two together
+        merged.cache_bytes = {k: sum(r.cache_bytes.get(k, 0) for r in reports) for k in reports[0].cache_bytes}
+        return merged
+
     @property
     def reuse_ratio(self) -> float:
         """Fraction of denoiser calls that were not fully computed."""

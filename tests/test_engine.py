@@ -255,3 +255,43 @@ def test_report_seconds_per_stage_and_fresh_per_call(family):
         2 if family == "wan_i2v" else 1
     )
     assert [d["step"] for d in second["decisions"]] == [d["step"] for d in first["decisions"]]
+
+
+def _wan22_moe():
+    """Tiny Wan 2.2-style pipeline: a high-noise expert (transformer) and a low-noise one
+    (transformer_2), switched at boundary_ratio."""
+    from diffusers import WanPipeline
+
+    pipe, kwargs = build("wan")
+    torch.manual_seed(1)
+    expert2 = type(pipe.transformer)(**pipe.transformer.config).eval()
+    moe = WanPipeline(tokenizer=None, text_encoder=None, vae=pipe.vae, scheduler=pipe.scheduler,
+                      transformer=pipe.transformer, transformer_2=expert2, boundary_ratio=0.5)
+    moe.set_progress_bar_config(disable=True)
+    return moe, dict(kwargs, num_inference_steps=10)
+
+
+def test_wan22_two_experts_each_cached_and_restored():
+    pipe, kwargs = _wan22_moe()
+    ref = run(pipe, kwargs)
+    lightcache.enable(pipe, policy=lightcache.EasyCache(threshold=0.0, warmup_steps=0))
+    try:
+        assert torch.equal(run(pipe, kwargs), ref)
+        s1 = pipe.transformer._lightcache_session
+        s2 = pipe.transformer_2._lightcache_session
+        steps1 = {d.step for d in s1.report.decisions}
+        steps2 = {d.step for d in s2.report.decisions}
+        # the experts split the run at the boundary, each under its own session
+        assert steps1 and steps2 and steps1.isdisjoint(steps2) and steps1 | steps2 == set(range(10))
+        assert max(steps1) < min(steps2)
+        lightcache.enable(pipe, policy=lightcache.EasyCache(threshold=10.0, warmup_steps=2))
+        out = run(pipe, kwargs)
+        rep = lightcache.report(pipe)
+        assert torch.isfinite(out).all() and rep.reuse_ratio > 0
+        assert [d.step for d in rep.decisions] == sorted(d.step for d in rep.decisions)
+        assert len(rep.decisions) == 2 * 10  # cond + uncond per step, both experts merged
+    finally:
+        lightcache.disable(pipe)
+    assert not hasattr(pipe.transformer_2, "_lightcache_session")
+    assert "step" not in vars(pipe.scheduler)
+    assert torch.equal(run(pipe, kwargs), ref)
