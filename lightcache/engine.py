@@ -19,6 +19,7 @@ from torch import nn
 
 from lightcache.adapters.base import ModelAdapter
 from lightcache.memory.chunk import install_chunking, remove_chunking
+from lightcache.memory.decode import check_decode_slicing, sliced_decode
 from lightcache.memory.meter import StageTracker
 from lightcache.memory.store import DeviceStore
 from lightcache.policies.base import CachePolicy, CallInfo
@@ -349,15 +350,20 @@ class _BlockHook(_model_hook_base()):
 
 
 def _wrap_method(obj, name: str, make_wrapper, wrapped: list) -> None:
-    """Shadow ``obj.name`` with an instance attribute (removed again by :func:`_unwrap_methods`)."""
+    """Shadow ``obj.name`` with an instance attribute (undone by :func:`_unwrap_methods`, which puts
+    back exactly what was there: another instance attribute, or nothing)."""
+    had = name in vars(obj)
+    before = vars(obj).get(name)
     original = getattr(obj, name)
     setattr(obj, name, functools.wraps(original)(make_wrapper(original)))
-    wrapped.append((obj, name))
+    wrapped.append((obj, name, had, before))
 
 
 def _unwrap_methods(wrapped: list) -> None:
-    for obj, name in reversed(wrapped):
-        if name in vars(obj):
+    for obj, name, had, before in reversed(wrapped):
+        if had:
+            setattr(obj, name, before)
+        elif name in vars(obj):
             delattr(obj, name)
     wrapped.clear()
 
@@ -420,6 +426,11 @@ def _install_pipeline_taps(sessions: List[Session], pipe) -> None:
 
         return step
 
+    slices = getattr(primary.memory, "decode_slices", None)
+    if slices is not None:  # inside the decode stage's meter, so its peak shows the effect
+        vae = getattr(pipe, "vae", None)
+        check_decode_slicing(vae)
+        _wrap_method(vae, "decode", sliced_decode(slices, primary.memory.decode_to_host), primary._wrapped)
     _wrap_method(scheduler, "set_timesteps", tap_set_timesteps, primary._wrapped)
     _wrap_method(scheduler, "step", tap_step, primary._wrapped)
     for session in sessions:

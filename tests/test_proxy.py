@@ -44,6 +44,30 @@ def test_generator_is_deterministic_per_seed():
     assert np.abs(a[0] - a[1]).mean() > 1e-2
 
 
+class _ExtremeRng:
+    """A generator whose scalar uniform draws sit at the top of their range: largest and fastest shapes."""
+
+    def __init__(self, seed):
+        self._g = np.random.default_rng(seed)
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        if size is None:
+            return high if high >= low else self._g.uniform(low, high)  # numpy would raise for high < low
+        return self._g.uniform(low, high, size)
+
+    def __getattr__(self, name):
+        return getattr(self._g, name)
+
+
+@pytest.mark.parametrize("motion", MOTIONS)
+def test_largest_fastest_shapes_stay_inside_the_frame(motion):
+    for shape in data.SHAPES:
+        clip = data.render_clip(Condition(shape, "red", motion), _ExtremeRng(0))
+        track = data.object_track(clip)  # centroid per frame; NaN if the object left the frame
+        assert np.isfinite(track).all() and (track > 3).all() and (track < SIZE - 3).all(), (shape, motion)
+        assert motion_direction(clip) == motion
+
+
 def test_conditions_round_trip():
     assert len(ALL_CONDITIONS) == 48 and len({c.index for c in ALL_CONDITIONS}) == 48
     for i, c in enumerate(ALL_CONDITIONS):

@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/lightcache_proxy_work", help="intermediate checkpoints")
     ap.add_argument("--summary", default=str(Path(__file__).with_name("train_summary.json")))
     ap.add_argument("--only", choices=["wan", "unet"], help="train one proxy only")
+    ap.add_argument("--reuse-vaes", action="store_true", help="reuse VAEs finished by an earlier run in --work")
     ap.add_argument("--smoke", action="store_true", help="tiny step counts, outputs under /tmp/lightcache_proxy_smoke")
     args = ap.parse_args()
     if args.smoke:

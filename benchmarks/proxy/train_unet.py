@@ -220,13 +220,29 @@ def evaluate(n_prompts: int = 8, steps: int = 10, guidance: float = 4.0) -> dict
     return {"prompts": n_prompts, "steps": steps, "guidance": guidance, "colour_acc": colour, "motion_acc": motion}
 
 
+def reuse_or_train_vae(args, work: Path):
+    """With --reuse-vaes, take the finished VAE of an earlier run from the work folder (a rerun from scratch
+    trains the identical VAE: same seeds), else train it; the training record is kept next to it."""
+    import json
+
+    from diffusers import AutoencoderKL
+
+    info = work / "kl_vae_info.json"
+    if getattr(args, "reuse_vaes", False) and info.exists():
+        log(f"reusing {work / 'kl_vae_best'}")
+        return AutoencoderKL.from_pretrained(work / "kl_vae_best").eval(), dict(json.loads(info.read_text()), reused=True)
+    vae, vae_info = train_vae(args.kl_vae_steps, args.kl_vae_batch, args.kl_vae_lr, work)
+    info.write_text(json.dumps(vae_info))
+    return vae, vae_info
+
+
 def main(args) -> None:
     set_threads()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     summary = Path(args.summary)
     t0 = time.time()
-    vae, vae_info = train_vae(args.kl_vae_steps, args.kl_vae_batch, args.kl_vae_lr, work)
+    vae, vae_info = reuse_or_train_vae(args, work)
     z, conds = encode_dataset(vae, args.unet_clips)
     OUT.mkdir(parents=True, exist_ok=True)
     write_summary(summary, "kl_vae", vae_info)

@@ -22,10 +22,11 @@ from lightcache.proxy.data import NUM_CONDITIONS, NUM_FRAMES, generate_clips, nu
 
 OUT = WEIGHTS_DIR / "wan_proxy"
 
-# One level of down-sampling: 2x in space and 2x in time; Wan2.2-style residual blocks (is_residual), whose
-# parameter-free space/time-to-channel shortcuts made reconstruction train several times faster than Wan2.1's. WanPipeline requires num_frames % scale_factor_temporal
+# One level of down-sampling: 2x in space and 2x in time. WanPipeline requires num_frames % scale_factor_temporal
 # == 1, which no frame count satisfies when the factor is 1 (it then silently adds a frame), so a temporal factor
-# of 2 is the smallest that keeps the stock pipeline call exact: 9 frames -> 5 latent frames.
+# of 2 is the smallest that keeps the stock pipeline call exact: 9 frames -> 5 latent frames. Wan2.2-style
+# residual blocks (is_residual): their parameter-free space/time-to-channel shortcuts made reconstruction train
+# several times faster than Wan2.1's plain blocks.
 VAE_CONFIG = dict(
     base_dim=16,
     z_dim=8,
@@ -241,13 +242,29 @@ def evaluate(n_prompts: int = 8, steps: int = 10, guidance: float = 4.0) -> dict
     return {"prompts": n_prompts, "steps": steps, "guidance": guidance, "colour_acc": colour, "motion_acc": motion}
 
 
+def reuse_or_train_vae(args, work: Path):
+    """With --reuse-vaes, take the finished VAE of an earlier run from the work folder (a rerun from scratch
+    trains the identical VAE: same seeds), else train it; the training record is kept next to it."""
+    import json
+
+    from diffusers import AutoencoderKLWan
+
+    info = work / "wan_vae_info.json"
+    if getattr(args, "reuse_vaes", False) and info.exists():
+        log(f"reusing {work / 'wan_vae_best'}")
+        return AutoencoderKLWan.from_pretrained(work / "wan_vae_best").eval(), dict(json.loads(info.read_text()), reused=True)
+    vae, vae_info = train_vae(args.vae_steps, args.vae_batch, args.vae_lr, work)
+    info.write_text(json.dumps(vae_info))
+    return vae, vae_info
+
+
 def main(args) -> None:
     set_threads()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     summary = Path(args.summary)
     t0 = time.time()
-    vae, vae_info = train_vae(args.vae_steps, args.vae_batch, args.vae_lr, work)
+    vae, vae_info = reuse_or_train_vae(args, work)
     z, conds = encode_dataset(vae, args.clips)
     OUT.mkdir(parents=True, exist_ok=True)
     write_summary(summary, "wan_vae", vae_info)

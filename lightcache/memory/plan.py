@@ -29,6 +29,10 @@ class MemoryPlan:
         "require" (an error instead), or "off".
     chunk_size: rows per chunk for the token-wise feed-forward layers (exact; see
         lightcache.memory.chunk), or None for no chunking.
+    decode_slices: decode the latent video this many frames at a time (exact for per-frame VAEs;
+        see lightcache.memory.decode), or None.
+    decode_to_host: write decoded frames to host memory as each slice finishes (the pipeline's
+        video then comes back on the CPU).
     cpu_tracker: on CPU, meter each stage's peak with the deterministic live-tensor tracker
         (report.peak_bytes); slower, meant for tests and measurements. On CUDA the allocator's
         peaks are always reported.
@@ -40,6 +44,8 @@ class MemoryPlan:
     host_cache_budget: Optional[int] = None
     pinned: str = "prefer"
     chunk_size: Optional[int] = None
+    decode_slices: Optional[int] = None
+    decode_to_host: bool = False
     cpu_tracker: bool = False
 
     def __post_init__(self):
@@ -57,6 +63,13 @@ class MemoryPlan:
         c = self.chunk_size
         if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
             raise ValueError(f"MemoryPlan.chunk_size must be None or an int >= 1 (rows), got {c!r}")
+        d = self.decode_slices
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
+            raise ValueError(f"MemoryPlan.decode_slices must be None or an int >= 1 (frames), got {d!r}")
+        if not isinstance(self.decode_to_host, bool):
+            raise TypeError(f"MemoryPlan.decode_to_host must be a bool, got {type(self.decode_to_host).__name__}")
+        if self.decode_to_host and d is None:
+            raise ValueError("MemoryPlan.decode_to_host needs decode_slices (the frames leave per slice)")
         if not isinstance(self.cpu_tracker, bool):
             raise TypeError(f"MemoryPlan.cpu_tracker must be a bool, got {type(self.cpu_tracker).__name__}")
         if self.pinned not in ("prefer", "require", "off"):

@@ -112,10 +112,13 @@ def render_clip(
     radius = rng.uniform(0.14, 0.21) * size
     speed = rng.uniform(0.035, 0.065) * size  # pixels per frame
     dx, dy = MOTION_VECTORS[cond.motion]
-    travel = speed * (num_frames - 1)
     margin = radius + 1.0
-    # Start so the whole path stays inside the frame along the motion axis.
-    along = rng.uniform(margin, size - margin - travel)
+    # Large and fast shapes: slow down just enough that the whole path fits inside the frame.
+    speed = min(speed, (size - 2 * margin) / max(1, num_frames - 1))
+    travel = speed * (num_frames - 1)
+    # Start so the whole path stays inside the frame along the motion axis. Same draw as
+    # rng.uniform(margin, size - margin - travel), which raises when rounding makes the span -1e-15.
+    along = margin + max(0.0, (size - margin - travel) - margin) * rng.random()
     across = rng.uniform(margin, size - margin)
     if dx != 0:
         x0 = along if dx > 0 else size - along
