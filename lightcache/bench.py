@@ -11,7 +11,8 @@ For each method the pipeline runs with the same seed and inputs as the uncached 
   * memory per stage: CUDA allocator peaks, or on CPU the deterministic live-tensor tracker;
   * reuse ratio (lightcache methods).
 Outputs: a table on the terminal, ``results.json``, ``pareto.png`` (speed-up vs PSNR),
-``memory.png`` (peak per stage), ``side_by_side.gif`` (reference and each method).
+``memory.png`` (peak per stage), ``timeline.png`` (memory over time by stage, reference vs. our
+fastest method), ``side_by_side.gif`` (reference and each method).
 Peers (diffusers' FirstBlockCache, TaylorSeer, PyramidAttentionBroadcast; cache-dit and the
 DeepCache package when installed) run through their own APIs; a peer that is not installed or
 does not apply to the model is listed with the reason and the rest still runs.
@@ -265,6 +266,7 @@ class Row:
     reuse_ratio: Optional[float] = None
     peak_bytes: Dict[str, Optional[int]] = field(default_factory=dict)
     cache_bytes: Dict[str, int] = field(default_factory=dict)
+    timeline: List[dict] = field(default_factory=list)
 
 
 def _frames(out) -> torch.Tensor:
@@ -338,6 +340,7 @@ def bench(args) -> dict:
 
     ref_video, ref_rep = _metered(model, None, args.steps, device)
     by_name["none (reference)"].peak_bytes = dict(ref_rep.peak_bytes)
+    by_name["none (reference)"].timeline = list(ref_rep.timeline)
     videos = {"none (reference)": ref_video}
     for method in tqdm(runnable, desc="fidelity + memory", disable=args.no_progress):
         row = by_name[method.name]
@@ -349,6 +352,7 @@ def bench(args) -> dict:
         videos[method.name] = video
         row.peak_bytes = dict(rep.peak_bytes)
         row.cache_bytes = dict(rep.cache_bytes)
+        row.timeline = list(rep.timeline)
         row.reuse_ratio = rep.reuse_ratio if method.ours else None
         if not model.random_weights:
             row.psnr = metrics.psnr(video, ref_video)
@@ -394,7 +398,7 @@ def bench(args) -> dict:
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     print(format_table(result))
     _plots(result, videos, out)
-    print(f"\nwrote {out / 'results.json'}, {out / 'pareto.png'}, {out / 'memory.png'}, {out / 'side_by_side.gif'}")
+    print(f"\nwrote {out / 'results.json'}, pareto.png, memory.png, timeline.png, side_by_side.gif")
     return result
 
 
@@ -462,6 +466,29 @@ def _plots(result: dict, videos: dict, out: Path) -> None:
     ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "memory.png", dpi=120)
+    plt.close(fig)
+
+    # memory timeline: the reference and the fastest of our methods
+    ours = [r for r in rows if r["method"] != "none (reference)" and r["reuse_ratio"] is not None and r["timeline"]]
+    best = max(ours, key=lambda r: r["speedup"]) if ours else None
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for r, style in ((rows[0], "-"), (best, "--")):
+        if r is None or not r["timeline"]:
+            continue
+        t0 = r["timeline"][0]["start_s"]
+        xs, ys = [], []
+        for t in r["timeline"]:
+            xs += [t["start_s"] - t0, t["end_s"] - t0]
+            ys += [(t["peak_bytes"] or 0) / 2**20] * 2
+        ax.plot(xs, ys, style, label=r["method"])
+        for t in r["timeline"]:
+            if t["stage"] != "denoise":
+                ax.axvspan(t["start_s"] - t0, t["end_s"] - t0, alpha=0.08, color="grey")
+    ax.set_xlabel("seconds (shaded: encode/decode)")
+    ax.set_ylabel("peak MiB per stage invocation")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "timeline.png", dpi=120)
     plt.close(fig)
 
     names = list(videos)

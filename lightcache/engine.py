@@ -89,14 +89,17 @@ class _StageClock:
         return self
 
     def __exit__(self, *exc):
-        self.peak = None
+        self.peak = self.end_bytes = None
         if self.cuda:
             torch.cuda.synchronize(self.device)
             self.peak = torch.cuda.max_memory_allocated(self.device)
+            self.end_bytes = torch.cuda.memory_allocated(self.device)
         if self.tracker is not None:
             self.tracker.__exit__(*exc)
             self.peak = self.tracker.peak
-        self.seconds = time.perf_counter() - self.start
+            self.end_bytes = self.tracker.live
+        self.end = time.perf_counter()
+        self.seconds = self.end - self.start
 
 
 class Session:
@@ -181,6 +184,7 @@ class Session:
         with self.clock() as clock:
             out = fn(*args, **kwargs)
         self.report.add_stage(name, clock.seconds, clock.peak)
+        self.report.sample(name, clock, self.store)
         return out
 
     def _step_from_timestep(self, name, args, kwargs) -> None:
@@ -307,6 +311,7 @@ class Session:
         self._call_args = None
         clock.__exit__(None, None, None)
         self.report.record(call, computed=compute, blocks_computed=self.blocks_run, seconds=clock.seconds, peak=clock.peak)
+        self.report.sample("denoise", clock, self.store)
         return out
 
 

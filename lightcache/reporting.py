@@ -25,12 +25,30 @@ class Report:
     peak_bytes: Dict[str, Optional[int]] = field(default_factory=lambda: {s: None for s in STAGES})
     cache_bytes: Dict[str, int] = field(default_factory=lambda: {"device": 0, "host": 0})
     seconds: Dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
+    #: one entry per stage invocation (each encode/decode call, each denoiser call), in order:
+    #: stage, start_s/end_s (perf_counter), peak_bytes and end_bytes (CUDA allocator or CPU
+    #: tracker; None when not metered), cache_device_bytes/cache_host_bytes after it
+    timeline: List[dict] = field(default_factory=list)
 
     def reset(self) -> None:
         self.decisions = []
         self.peak_bytes = {s: None for s in STAGES}
         self.cache_bytes = {"device": 0, "host": 0}
         self.seconds = {s: 0.0 for s in STAGES}
+        self.timeline = []
+
+    def sample(self, stage: str, clock, store) -> None:
+        self.timeline.append(
+            dict(
+                stage=stage,
+                start_s=clock.start,
+                end_s=clock.end,
+                peak_bytes=clock.peak,
+                end_bytes=clock.end_bytes,
+                cache_device_bytes=getattr(store, "device_bytes", 0) if store is not None else 0,
+                cache_host_bytes=getattr(store, "host_bytes", 0) if store is not None else 0,
+            )
+        )
 
     def record(self, call, *, computed: bool, blocks_computed: int, seconds: float, peak: Optional[int] = None) -> None:
         self.decisions.append(
@@ -57,6 +75,7 @@ class Report:
         merged.peak_bytes["denoise"] = max(peaks) if peaks else None
         # each expert's high-water mark, added: an upper bound of the two together
         merged.cache_bytes = {k: sum(r.cache_bytes.get(k, 0) for r in reports) for k in reports[0].cache_bytes}
+        merged.timeline = sorted((t for r in reports for t in r.timeline), key=lambda t: t["start_s"])
         return merged
 
     @property

@@ -26,7 +26,7 @@ def test_quick_bench_writes_table_json_and_plots(tmp_path, capsys):
 
     expected = "ok" if importlib.util.find_spec("cache_dit") else "not installed (pip install cache-dit)"
     assert rows["cache-dit"]["status"] == expected
-    for f in ("pareto.png", "memory.png", "side_by_side.gif"):
+    for f in ("pareto.png", "memory.png", "timeline.png", "side_by_side.gif"):
         assert (tmp_path / f).stat().st_size > 0
     assert [r["method"] for r in result["rows"]] == list(rows)
 

@@ -223,3 +223,29 @@ def test_pinned_refused_falls_back_with_warning_same_output():
         pytest.skip(proc.stdout.strip())
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "REQUIRE:" in proc.stdout and proc.stdout.rstrip().endswith("OK")
+
+
+def test_timeline_records_every_stage_invocation_and_plots(tmp_path):
+    import json
+
+    from lightcache.memory.meter import plot_timeline
+
+    pipe, kwargs = build("wan")
+    lightcache.enable(pipe, policy=lightcache.EasyCache(threshold=10.0, warmup_steps=2),
+                      memory=MemoryPlan(swap="on", cpu_tracker=True))
+    try:
+        run(pipe, kwargs)
+        rep = lightcache.report(pipe)
+    finally:
+        lightcache.disable(pipe)
+    stages = [t["stage"] for t in rep.timeline]
+    n_calls = len(rep.decisions)
+    assert stages.count("denoise") == n_calls and stages[-1] == "decode"
+    assert all(t["end_s"] >= t["start_s"] for t in rep.timeline)
+    assert all(t["peak_bytes"] is not None for t in rep.timeline)  # metered by the CPU tracker
+    # swapped cache: host bytes appear after the first computed call, device stays at 0 between calls
+    den = [t for t in rep.timeline if t["stage"] == "denoise"]
+    assert den[-1]["cache_host_bytes"] > 0 and all(t["cache_device_bytes"] == 0 for t in den)
+    json.dumps(rep.as_dict())
+    plot_timeline(rep, tmp_path / "timeline.png")
+    assert (tmp_path / "timeline.png").stat().st_size > 0

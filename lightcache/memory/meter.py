@@ -34,4 +34,38 @@ class StageTracker:
         self.mode.__exit__(*exc)
         _state.depth -= 1
         self.peak = self.mode.peak
+        self.live = self.mode.live
         self.largest = self.mode.largest
+
+
+def plot_timeline(report, path) -> None:
+    """PNG of the report's memory timeline: each stage invocation's peak (bars over its time span,
+    coloured by stage) and the cache bytes on the device and the host after it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report.timeline
+    if not rows:
+        raise ValueError("report has no timeline: run the pipeline with lightcache enabled first")
+    colours = {"encode": "tab:blue", "denoise": "tab:orange", "decode": "tab:green"}
+    t0 = rows[0]["start_s"]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    seen = set()
+    for r in rows:
+        if r["peak_bytes"] is None:
+            continue
+        label = r["stage"] if r["stage"] not in seen else None
+        seen.add(r["stage"])
+        ax.fill_between([r["start_s"] - t0, r["end_s"] - t0], 0, r["peak_bytes"] / 2**20,
+                        color=colours.get(r["stage"], "grey"), alpha=0.6, step="pre", label=label)
+    xs = [r["end_s"] - t0 for r in rows]
+    ax.plot(xs, [r["cache_device_bytes"] / 2**20 for r in rows], "k-", lw=1, label="cache on device")
+    ax.plot(xs, [r["cache_host_bytes"] / 2**20 for r in rows], "k--", lw=1, label="cache on host")
+    ax.set_xlabel("seconds since the first stage")
+    ax.set_ylabel("MiB")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
