@@ -22,8 +22,14 @@ class LiveBytes(TorchDispatchMode):
         super().__init__()
         self.live = 0
         self.peak = 0
+        self.window_peak = 0  # peak since the last window_start()
         self.largest = 0  # largest single allocation
         self.sizes = []
+
+    def window_start(self) -> None:
+        """Start a new peak window at the bytes alive now (re-entering one instance per stage keeps
+        counting what earlier stages left alive, like a device allocator does)."""
+        self.window_peak = self.live
 
     def _free(self, nbytes):
         self.live -= nbytes
@@ -31,16 +37,17 @@ class LiveBytes(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         returns = func._schema.returns
-        leaves = out if isinstance(out, (tuple, list)) else [out]
-        for i, t in enumerate(tree_leaves(leaves)):
+        # one output per schema return (a Tensor[] return is one list of tensors)
+        outs = out if isinstance(out, tuple) and len(returns) > 1 else (out,)
+        fresh = [t for ret, o in zip(returns, outs) if ret.alias_info is None for t in tree_leaves(o)]
+        for t in fresh:  # views, in-place and out= results (alias_info set) take no new memory
             if not isinstance(t, torch.Tensor):
                 continue
-            if i < len(returns) and returns[i].alias_info is not None:
-                continue  # a view, in-place or out= result: no new memory
             st = t.untyped_storage()
             n = st.nbytes()
             self.live += n
             self.peak = max(self.peak, self.live)
+            self.window_peak = max(self.window_peak, self.live)
             self.largest = max(self.largest, n)
             self.sizes.append(n)
             weakref.finalize(st, self._free, n)

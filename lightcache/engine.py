@@ -20,6 +20,7 @@ from torch import nn
 from lightcache.adapters.base import ModelAdapter
 from lightcache.memory.chunk import install_chunking, remove_chunking
 from lightcache.memory.decode import check_decode_slicing, sliced_decode
+from lightcache._live_bytes import LiveBytes
 from lightcache.memory.meter import StageTracker
 from lightcache.memory.store import DeviceStore
 from lightcache.policies.base import CachePolicy, CallInfo
@@ -61,23 +62,32 @@ def _output_sample(out: Any) -> torch.Tensor:
     raise TypeError(f"cannot find the sample in a denoiser output of type {type(out).__name__}")
 
 
+def _output_template(out: Any):
+    """How the denoiser packs its output, without keeping the output's tensors alive."""
+    if isinstance(out, torch.Tensor):
+        return torch.Tensor
+    if isinstance(out, tuple):
+        return (tuple, tuple(out[1:]))
+    return type(out)
+
+
 def _like_output(template: Any, sample: torch.Tensor) -> Any:
-    """``sample`` packed the way the denoiser packed ``template`` (tensor, tuple or output class)."""
-    if isinstance(template, torch.Tensor):
+    """``sample`` packed the way :func:`_output_template` described (tensor, tuple, output class)."""
+    if template is torch.Tensor:
         return sample
     if isinstance(template, tuple):
-        return (sample,) + tuple(template[1:]) if len(template) > 1 else (sample,)
-    return type(template)(sample=sample)
+        return (sample,) + template[1]
+    return template(sample=sample)
 
 
 class _StageClock:
     """Wall time (CUDA: synchronised) and, on CUDA, the allocator's peak of one stage invocation.
     CPU memory peaks come from the memory plan's tracker, not from here."""
 
-    def __init__(self, device: torch.device, cpu_tracker: bool = False):
+    def __init__(self, device: torch.device, run_bytes=None):
         self.cuda = device.type == "cuda"
         self.device = device
-        self.tracker = StageTracker() if cpu_tracker and not self.cuda else None
+        self.tracker = StageTracker(run_bytes) if run_bytes is not None and not self.cuda else None
 
     def __enter__(self):
         if self.cuda:
@@ -124,6 +134,7 @@ class Session:
         self._templates: dict = {}
         self.uses_scheduler = False
         self.in_trial = False
+        self.run_bytes = None  # CPU tracker of the current pipeline call (MemoryPlan.cpu_tracker)
         self._last_t: Optional[float] = None
         self.last_stage: Optional[str] = None
         self.device = next(iter(denoiser.parameters()), torch.empty(0)).device
@@ -148,7 +159,7 @@ class Session:
             if hasattr(self.policy_state, "engine"):
                 self.policy_state.engine = self
         if self.last_stage != "encode":  # this pipeline call had no encode stage before denoising
-            self.report.reset()
+            self._new_report()
         self.last_stage = "denoise"
 
     def _make_store(self):
@@ -174,12 +185,19 @@ class Session:
         self.step += 1
 
     def clock(self) -> "_StageClock":
-        return _StageClock(self.device, cpu_tracker=bool(getattr(self.memory, "cpu_tracker", False)))
+        if getattr(self.memory, "cpu_tracker", False) and self.run_bytes is None:
+            self.run_bytes = LiveBytes()
+        return _StageClock(self.device, run_bytes=self.run_bytes if getattr(self.memory, "cpu_tracker", False) else None)
+
+    def _new_report(self) -> None:
+        """A new pipeline call: fresh report and a fresh CPU byte count for its stages."""
+        self.report.reset()
+        self.run_bytes = None
 
     def stage(self, name: str, fn, args, kwargs):
         """Run one invocation of the encode or decode stage, timed and (CUDA) peak-measured."""
         if name == "encode" and self.last_stage != "encode":
-            self.report.reset()  # the first stage of a new pipeline call
+            self._new_report()  # the first stage of a new pipeline call
         self.last_stage = name
         with self.clock() as clock:
             out = fn(*args, **kwargs)
@@ -295,7 +313,7 @@ class Session:
             out = original_forward(*args, **kwargs)
             if policy is not None:
                 policy.after_compute(state, call, x, _output_sample(out))
-            self._templates[call.branch] = out
+            self._templates[call.branch] = _output_template(out)
         else:
             sample = policy.reused_output(state, call, x)
             template = self._templates.get(call.branch)

@@ -22,18 +22,25 @@ def tracking() -> bool:
 
 
 class StageTracker:
-    """Context manager: ``.peak`` is the stage's peak live bytes after exit."""
+    """Context manager metering one stage invocation; ``.peak`` after exit.
+
+    Given the run's :class:`LiveBytes` (``run_bytes``), the peak includes what earlier stages of
+    the same pipeline call left alive (cached features, latents), as a device allocator's peak does;
+    without it, only what this invocation allocates."""
+
+    def __init__(self, run_bytes: LiveBytes = None):
+        self.mode = run_bytes if run_bytes is not None else LiveBytes()
 
     def __enter__(self):
-        self.mode = LiveBytes()
         _state.depth = getattr(_state, "depth", 0) + 1
+        self.mode.window_start()
         self.mode.__enter__()
         return self
 
     def __exit__(self, *exc):
         self.mode.__exit__(*exc)
         _state.depth -= 1
-        self.peak = self.mode.peak
+        self.peak = self.mode.window_peak
         self.live = self.mode.live
         self.largest = self.mode.largest
 

@@ -40,8 +40,8 @@ class EasyCacheState:
     accumulated: Optional[Tensor] = None  # E (device, fp32)
     rate: Optional[Tensor] = None  # k (device, fp32)
     prev_x: Optional[Tensor] = None  # leader input of the previous call (x_{t-1})
-    last_x: Optional[Tensor] = None  # leader input at the last full compute (x_i)
-    last_out: Optional[Tensor] = None  # leader output at the last full compute (v_i)
+    has_last: bool = False  # x_i, v_i of the last full compute are in the store
+    last_channels: Optional[int] = None  # channels of v (the latent part of x)
     last_out_mean: Optional[Tensor] = None  # mean|v_i|
     decisions: dict = field(default_factory=dict)  # step -> computed?
     epsilons: dict = field(default_factory=dict)  # step -> ε_t (0-d device tensor)
@@ -80,7 +80,7 @@ class EasyCache(CachePolicy):
         compute = True
         forced = call.step < self.warmup_steps or call.is_last_step or state.rate is None or state.prev_x is None
         if not forced:
-            x_lat = x[:, : state.last_x.shape[1]] if x.shape != state.last_x.shape else x
+            x_lat = x[:, : state.last_channels]
             eps = state.rate * mean_abs_diff(x_lat, state.prev_x) / state.last_out_mean
             state.accumulated = eps if state.accumulated is None else state.accumulated + eps
             compute = bool(state.accumulated >= self.threshold)  # the call's one host sync
@@ -95,19 +95,23 @@ class EasyCache(CachePolicy):
         state.store.put((call.branch, "delta"), out - x_lat)
         if not call.leader:
             return
-        if state.last_x is not None:
-            dx = mean_abs_diff(x_lat, state.last_x)
-            dv = mean_abs_diff(out, state.last_out)
+        # x_i and v_i are only needed at the next full compute (for k): they live in the store,
+        # so with swapping they wait on the host
+        if state.has_last:
+            dx = mean_abs_diff(x_lat, state.store.load(("rate", "x")))
+            dv = mean_abs_diff(out, state.store.load(("rate", "v")))
             # identical inputs give an infinite rate: every later step is computed
             state.rate = torch.where(dx > 0, dv / dx, torch.full_like(dv, float("inf")))
-        state.last_x = x_lat.detach().clone()
-        state.last_out = out.detach().clone()
+        state.store.put(("rate", "x"), x_lat)
+        state.store.put(("rate", "v"), out)
+        state.has_last = True
+        state.last_channels = out.shape[1]
         state.last_out_mean = mean_abs(out)
 
     def after_call(self, state: EasyCacheState, call: CallInfo, x: Tensor) -> None:
         if call.leader:
-            lat = x if state.last_x is None or x.shape == state.last_x.shape else x[:, : state.last_x.shape[1]]
-            state.prev_x = lat.detach().clone()
+            lat = x if state.last_channels is None else x[:, : state.last_channels]
+            state.prev_x = lat.detach()  # the pipeline's own latent: a new tensor every step
 
     def reused_output(self, state: EasyCacheState, call: CallInfo, x: Tensor) -> Tensor:
         delta, scale = state.store.get((call.branch, "delta"))

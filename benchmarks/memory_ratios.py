@@ -1,0 +1,80 @@
+"""Memory-plan ratios on the tiny CPU pipelines, metered by the deterministic CPU tracker.
+
+    python benchmarks/memory_ratios.py [--json FILE]
+
+For each (family, policy): peak of the denoise stage uncached, with the policy (cache on the
+"device"), and with the policy + swap; the whole-pipeline peak (max over stages) uncached and with
+policy + swap + chunk (+ sliced decode where the VAE allows it). Tracker peaks count the tensors a
+stage allocates, above what existed before it (weights, inputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import lightcache  # noqa: E402
+from lightcache import MemoryPlan  # noqa: E402
+from tiny_pipelines import build, output_of  # noqa: E402
+
+CASES = [
+    ("wan", lambda: lightcache.EasyCache(threshold=10.0, warmup_steps=2), None),
+    ("wan", lambda: lightcache.PreciseCache(mode="flash"), None),
+    ("hunyuan_video", lambda: lightcache.PreciseCache(mode="flash"), None),
+    ("text_to_video_sd", lambda: lightcache.DeepCache(interval=3), 1),
+    ("animatediff", lambda: lightcache.DeepCache(interval=3), 1),
+]
+
+
+def peaks(pipe, kwargs, policy, memory):
+    lightcache.enable(pipe, policy=policy, memory=memory)
+    try:
+        pipe(**kwargs, generator=torch.Generator().manual_seed(0))
+        rep = lightcache.report(pipe)
+    finally:
+        lightcache.disable(pipe)
+    return dict(rep.peak_bytes)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = []
+    for family, make_policy, slices in CASES:
+        pipe, kw = build(family)
+        kw = dict(kw, num_inference_steps=10)
+        track = dict(cpu_tracker=True)
+        none = peaks(pipe, kw, None, MemoryPlan(**track))
+        cached = peaks(pipe, kw, make_policy(), MemoryPlan(swap="off", **track))
+        swapped = peaks(pipe, kw, make_policy(), MemoryPlan(swap="on", **track))
+        full = peaks(pipe, kw, make_policy(), MemoryPlan(swap="on", chunk_size=16, decode_slices=slices, **track))
+        row = dict(
+            family=family,
+            policy=type(make_policy()).__name__,
+            denoise_uncached=none["denoise"],
+            denoise_cached=cached["denoise"],
+            denoise_cached_swap=swapped["denoise"],
+            ratio_swap_vs_uncached=swapped["denoise"] / none["denoise"],
+            ratio_cached_vs_uncached=cached["denoise"] / none["denoise"],
+            pipeline_uncached=max(v for v in none.values() if v is not None),
+            pipeline_full_plan=max(v for v in full.values() if v is not None),
+        )
+        row["ratio_full_plan_vs_uncached"] = row["pipeline_full_plan"] / row["pipeline_uncached"]
+        rows.append(row)
+        print(f"{family:<17} {row['policy']:<13} denoise peak: cached {row['ratio_cached_vs_uncached']:.3f}x, "
+              f"cached+swap {row['ratio_swap_vs_uncached']:.3f}x of uncached; whole pipeline with "
+              f"swap+chunk{'+sliced decode' if slices else ''}: {row['ratio_full_plan_vs_uncached']:.3f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(machine="CPU tracker (deterministic)", rows=rows), indent=2))
+
+
+if __name__ == "__main__":
+    main()
