@@ -18,7 +18,7 @@ from common import (
     EMA, WEIGHTS_DIR, clip_chunks, dir_bytes, log, lr_at, recon_loss, seed_all, set_threads, write_summary,
 )
 
-from lightcache.proxy.data import NUM_CONDITIONS, NUM_FRAMES, generate_clips, null_embeds, prompt_embeds
+from lightcache.proxy.data import NUM_CONDITIONS, generate_clips, null_embeds, prompt_embeds
 
 OUT = WEIGHTS_DIR / "wan_proxy"
 
