@@ -12,6 +12,7 @@ import lightcache
 from lightcache import MemoryPlan
 from lightcache.memory import CacheBudgetError, SwapStore
 
+from conftest import LOW_MEMLOCK_PREAMBLE
 from tiny_pipelines import build, output_of
 
 POLICIES = {
@@ -172,20 +173,10 @@ def test_memory_must_be_a_plan():
         lightcache.enable(pipe, memory={"swap": True})
 
 
-_PINNED_REFUSED = textwrap.dedent(
+_PINNED_REFUSED = LOW_MEMLOCK_PREAMBLE.format(limit=4096) + textwrap.dedent(
     """
-    import ctypes, resource, sys, warnings
+    import sys, warnings
     sys.path.insert(0, {tests!r})
-    libc = ctypes.CDLL(None, use_errno=True)
-    class Hdr(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-    class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-    hdr, data = Hdr(0x20080522, 0), (Data * 2)()
-    if libc.capget(ctypes.byref(hdr), data) == 0:   # root ignores RLIMIT_MEMLOCK: drop CAP_IPC_LOCK
-        data[0].effective &= ~(1 << 14); data[0].permitted &= ~(1 << 14)
-        libc.capset(ctypes.byref(hdr), data)
-    resource.setrlimit(resource.RLIMIT_MEMLOCK, (4096, 4096))
     import torch
     torch.set_num_threads(1)
     import lightcache
@@ -217,7 +208,7 @@ _PINNED_REFUSED = textwrap.dedent(
 
 
 def test_pinned_refused_falls_back_with_warning_same_output():
-    code = _PINNED_REFUSED.format(tests=str(Path(__file__).parent))
+    code = _PINNED_REFUSED.replace("{tests!r}", repr(str(Path(__file__).parent)))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent)
     if "SKIP:" in proc.stdout:
         pytest.skip(proc.stdout.strip())

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import HAS_CUDA, requires_cuda
+from conftest import LOW_MEMLOCK_PREAMBLE, HAS_CUDA, requires_cuda
 
 from lightcache import _ext
 from lightcache.ring import (
@@ -319,21 +319,9 @@ def test_pinned_prefer_pins_small_slab():
         assert r.pinned and r.stats()["pinned"]
 
 
-_LOW_MEMLOCK = textwrap.dedent(
+_LOW_MEMLOCK = LOW_MEMLOCK_PREAMBLE.format(limit=64 * 1024) + textwrap.dedent(
     """
-    import ctypes, resource, sys, warnings
-    # Root ignores RLIMIT_MEMLOCK (CAP_IPC_LOCK): drop the capability for this thread first.
-    libc = ctypes.CDLL(None, use_errno=True)
-    class Hdr(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-    class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-    hdr, data = Hdr(0x20080522, 0), (Data * 2)()
-    if libc.capget(ctypes.byref(hdr), data) == 0:
-        data[0].effective &= ~(1 << 14)
-        data[0].permitted &= ~(1 << 14)
-        libc.capset(ctypes.byref(hdr), data)
-    resource.setrlimit(resource.RLIMIT_MEMLOCK, (64 * 1024, 64 * 1024))
+    import sys, warnings
     import torch
     from lightcache.ring import RingBuffer, PinnedMemoryError, PinnedMemoryWarning
     from lightcache import _ext
