@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from common import (
-    EMA, WEIGHTS_DIR, clip_chunks, dir_bytes, log, lr_at, recon_loss, seed_all, set_threads, write_summary,
+    WEIGHTS_DIR, add_options, clip_chunks, evaluate_pipeline, fit_autoencoder, fit_denoiser, log, run_stage,
+    run_standalone, seed_all,
 )
-
-from lightcache.proxy.data import NUM_CONDITIONS, generate_clips, null_embeds, prompt_embeds
 
 OUT = WEIGHTS_DIR / "unet_proxy"
 
@@ -81,6 +80,11 @@ def vae_psnr(vae, x: torch.Tensor) -> float:
     return 10 * torch.log10(torch.tensor(1.0 / mse)).item()
 
 
+def _reconstruct(vae, x: torch.Tensor):
+    mu = vae.encode(x).latent_dist.mean
+    return mu, vae.decode(mu).sample
+
+
 def train_vae(steps: int, batch: int, lr: float, work: Path, seed: int = 11, kl_weight: float = 1e-4):
     """Per-frame reconstruction (object-weighted MSE + L1, as for the Wan VAE) with a small latent penalty;
     ``batch`` clips (x9 frames) per step."""
@@ -88,36 +92,13 @@ def train_vae(steps: int, batch: int, lr: float, work: Path, seed: int = 11, kl_
 
     seed_all(seed)
     vae = AutoencoderKL(**VAE_CONFIG).train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     val_x = frames_of(next(clip_chunks(8, seed=901))[0])
-    best, t0, run = -1.0, time.time(), []
-    for step in range(steps):
-        clips, _ = generate_clips(batch, seed=20_000 + step)
-        x = frames_of(torch.from_numpy(clips).permute(0, 2, 1, 3, 4).mul(2).sub(1))
-        for pg in opt.param_groups:
-            pg["lr"] = lr_at(step, steps, lr, warmup=30)
-        mu = vae.encode(x).latent_dist.mean
-        y = vae.decode(mu).sample
-        rec = F.mse_loss(y, x)
-        loss = recon_loss(y, x) + kl_weight * mu.pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        run.append(rec.item())
-        if (step + 1) % 50 == 0 or step + 1 == steps:
-            vae.eval()
-            psnr = vae_psnr(vae, val_x)
-            vae.train()
-            log(f"kl-vae step {step + 1}/{steps} rec_mse {sum(run) / len(run):.5f} val_psnr {psnr:.2f} dB "
-                f"({time.time() - t0:.0f}s)")
-            run = []
-            if psnr > best:
-                best = psnr
-                vae.save_pretrained(work / "kl_vae_best")
-    vae = AutoencoderKL.from_pretrained(work / "kl_vae_best").eval()
+    vae, best, seconds = fit_autoencoder(
+        vae, val_x, steps, batch, lr, work, name="kl_vae", data_seed=20_000, latent_penalty=kl_weight,
+        prepare=frames_of, reconstruct=_reconstruct, psnr=vae_psnr,
+    )
     return vae, {"steps": steps, "batch_clips": batch, "lr": lr, "latent_penalty": kl_weight,
-                 "val_psnr_db": round(best, 2), "seconds": round(time.time() - t0, 1),
+                 "val_psnr_db": round(best, 2), "seconds": seconds,
                  "params": sum(p.numel() for p in vae.parameters())}
 
 
@@ -164,108 +145,47 @@ def train_unet(z, conds, vae, steps: int, batch: int, lr: float, seed: int = 13,
     """Epsilon prediction at uniform t; the prompt embedding is repeated per frame as AnimateDiffPipeline does."""
     from diffusers import DDIMScheduler, UNetMotionModel
 
-    seed_all(seed)
     sched = DDIMScheduler(**SCHEDULER_CONFIG)
-    model = UNetMotionModel(**UNET_CONFIG).train()
-    ema = EMA(model, ema_decay)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    dim = UNET_CONFIG["cross_attention_dim"]
-    table = torch.cat([prompt_embeds(list(range(NUM_CONDITIONS)), dim), null_embeds(1, dim)])
-    val_z, val_c, z, conds = z[:n_val], conds[:n_val], z[n_val:], conds[n_val:]
-    g = torch.Generator().manual_seed(seed)
-    best, t0, run, n, f = float("inf"), time.time(), [], z.shape[0], z.shape[2]
-    for step in range(steps):
-        idx = torch.randint(0, n, (batch,), generator=g)
-        x0 = z[idx]
-        c = torch.where(torch.rand(batch, generator=g) < NULL_PROB, NUM_CONDITIONS, conds[idx])
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, 1000, (batch,), generator=g)
-        xt = sched.add_noise(x0, noise, t)
-        for pg in opt.param_groups:
-            pg["lr"] = lr_at(step, steps, lr, warmup=50)
-        eps = model(xt, t, table[c].repeat_interleave(f, 0)).sample
-        loss = F.mse_loss(eps, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema.update(model)
-        run.append(loss.item())
-        if (step + 1) % 25 == 0:
-            log(f"unet step {step + 1}/{steps} loss {sum(run) / len(run):.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                f"({time.time() - t0:.0f}s, {(time.time() - t0) / (step + 1):.2f}s/step)")
-            run = []
-        if (step + 1) % ckpt_every == 0 or step + 1 == steps:
-            vl = eps_val_loss(ema.model, val_z, val_c, table, sched)
-            log(f"unet checkpoint step {step + 1}: ema val loss {vl:.4f} (best {min(best, vl):.4f})")
-            if vl < best:
-                best = vl
-                make_pipeline(ema.model, vae).save_pretrained(OUT, safe_serialization=True)
-    return {"steps": steps, "batch": batch, "lr": lr, "ema_decay": ema_decay, "null_prob": NULL_PROB,
-            "train_clips": n, "best_ema_val_loss": round(best, 4), "seconds": round(time.time() - t0, 1),
-            "params": sum(p.numel() for p in model.parameters())}
+    frames = z.shape[2]
+
+    def loss(model, x0, embeds, noise, g):
+        t = torch.randint(0, 1000, (x0.shape[0],), generator=g)
+        eps = model(sched.add_noise(x0, noise, t), t, embeds.repeat_interleave(frames, 0)).sample
+        return F.mse_loss(eps, noise)
+
+    return fit_denoiser(
+        lambda: UNetMotionModel(**UNET_CONFIG), z, conds, steps, batch, lr, name="unet", seed=seed,
+        ema_decay=ema_decay, warmup=50, ckpt_every=ckpt_every, n_val=n_val, text_dim=UNET_CONFIG["cross_attention_dim"],
+        null_prob=NULL_PROB, loss=loss, val_loss=lambda m, vz, vc, table: eps_val_loss(m, vz, vc, table, sched),
+        save=lambda ema_model: make_pipeline(ema_model, vae).save_pretrained(OUT, safe_serialization=True),
+    )
 
 
 @torch.no_grad()
 def evaluate(n_prompts: int = 8, steps: int = 10, guidance: float = 4.0) -> dict:
-    from lightcache.proxy.data import ALL_CONDITIONS, dominant_colour, motion_direction
-    from lightcache.proxy.load import call_kwargs, load_unet_proxy
+    from lightcache.proxy.load import load_unet_proxy
 
-    pipe = load_unet_proxy(path=OUT)
-    conds = [ALL_CONDITIONS[(i * 7) % len(ALL_CONDITIONS)] for i in range(n_prompts)]
-    frames = pipe(**call_kwargs(pipe, conds, num_inference_steps=steps, guidance_scale=guidance, seed=0)).frames
-    colour = sum(dominant_colour(fr) == c.colour for fr, c in zip(frames, conds)) / n_prompts
-    motion = sum(motion_direction(fr) == c.motion for fr, c in zip(frames, conds)) / n_prompts
-    log(f"unet proxy eval ({n_prompts} prompts, {steps} steps, cfg {guidance}): colour {colour:.2f} motion {motion:.2f}")
-    return {"prompts": n_prompts, "steps": steps, "guidance": guidance, "colour_acc": colour, "motion_acc": motion}
-
-
-def reuse_or_train_vae(args, work: Path):
-    """With --reuse-vaes, take the finished VAE of an earlier run from the work folder (a rerun from scratch
-    trains the identical VAE: same seeds), else train it; the training record is kept next to it."""
-    import json
-
-    from diffusers import AutoencoderKL
-
-    info = work / "kl_vae_info.json"
-    if getattr(args, "reuse_vaes", False) and info.exists():
-        log(f"reusing {work / 'kl_vae_best'}")
-        return AutoencoderKL.from_pretrained(work / "kl_vae_best").eval(), dict(json.loads(info.read_text()), reused=True)
-    vae, vae_info = train_vae(args.kl_vae_steps, args.kl_vae_batch, args.kl_vae_lr, work)
-    info.write_text(json.dumps(vae_info))
-    return vae, vae_info
+    return evaluate_pipeline(load_unet_proxy(path=OUT), "unet", n_prompts, steps, guidance)
 
 
 def main(args) -> None:
-    set_threads()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    summary = Path(args.summary)
-    t0 = time.time()
-    vae, vae_info = reuse_or_train_vae(args, work)
-    z, conds = encode_dataset(vae, args.unet_clips)
-    OUT.mkdir(parents=True, exist_ok=True)
-    write_summary(summary, "kl_vae", vae_info)
-    info = train_unet(z, conds, vae, args.unet_steps, args.unet_batch, args.unet_lr)
-    info["eval"] = evaluate()
-    info["folder_bytes"] = dir_bytes(OUT)
-    info["stage_seconds"] = round(time.time() - t0, 1)
-    write_summary(summary, "unet", info)
+    from diffusers import AutoencoderKL
+
+    run_stage(
+        args, OUT, vae_name="kl_vae", vae_cls=AutoencoderKL, key="unet", evaluate=evaluate,
+        train_vae=lambda work: train_vae(args.kl_vae_steps, args.kl_vae_batch, args.kl_vae_lr, work),
+        encode=lambda vae: encode_dataset(vae, args.unet_clips),
+        train=lambda z, conds, vae: train_unet(z, conds, vae, args.unet_steps, args.unet_batch, args.unet_lr),
+    )
+
+
+DEFAULTS = dict(kl_vae_steps=500, kl_vae_batch=4, kl_vae_lr=2e-3, unet_clips=3000, unet_steps=500, unet_batch=12,
+                unet_lr=1e-3)
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kl-vae-steps", type=int, default=500)
-    p.add_argument("--kl-vae-batch", type=int, default=4)
-    p.add_argument("--kl-vae-lr", type=float, default=2e-3)
-    p.add_argument("--unet-clips", type=int, default=3000)
-    p.add_argument("--unet-steps", type=int, default=500)
-    p.add_argument("--unet-batch", type=int, default=12)
-    p.add_argument("--unet-lr", type=float, default=1e-3)
+    add_options(p, DEFAULTS)
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    add_args(ap)
-    ap.add_argument("--work", default="/tmp/lightcache_proxy_work")
-    ap.add_argument("--summary", default=str(Path(__file__).with_name("train_summary.json")))
-    main(ap.parse_args())
+    run_standalone(__doc__, add_args, main)

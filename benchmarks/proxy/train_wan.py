@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from common import (
-    EMA, WEIGHTS_DIR, clip_chunks, dir_bytes, log, lr_at, recon_loss, seed_all, set_threads, write_summary,
+    WEIGHTS_DIR, add_options, clip_chunks, evaluate_pipeline, fit_autoencoder, fit_denoiser, log, run_stage,
+    run_standalone, seed_all,
 )
-
-from lightcache.proxy.data import NUM_CONDITIONS, generate_clips, null_embeds, prompt_embeds
 
 OUT = WEIGHTS_DIR / "wan_proxy"
 
@@ -92,6 +91,11 @@ def fast_decode(vae, z: torch.Tensor) -> torch.Tensor:
     return torch.cat([a, b], 2)
 
 
+def _reconstruct(vae, x: torch.Tensor):
+    mu = fast_encode(vae, x)[:, : VAE_CONFIG["z_dim"]]
+    return mu, fast_decode(vae, mu)
+
+
 def train_vae(steps: int, batch: int, lr: float, work: Path, seed: int = 1, latent_penalty: float = 1e-4):
     """Deterministic autoencoder training: posterior mean, object-weighted MSE + L1 and a small L2 pull on the
     latents (converged much faster here than sampling the posterior). Whole 9-frame clips: the causal encoder
@@ -105,37 +109,12 @@ def train_vae(steps: int, batch: int, lr: float, work: Path, seed: int = 1, late
         h_ref, h_fast = vae._encode(val_x[:2]), fast_encode(vae, val_x[:2])
         d_ref, d_fast = vae._decode(h_ref[:, :zc]).sample, fast_decode(vae, h_ref[:, :zc]).clamp(-1, 1)
         assert torch.allclose(h_ref, h_fast, atol=1e-5) and torch.allclose(d_ref, d_fast, atol=1e-5)
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    best, t0, run = -1.0, time.time(), []
-    for step in range(steps):
-        clips, _ = generate_clips(batch, seed=10_000 + step)
-        x = torch.from_numpy(clips).permute(0, 2, 1, 3, 4).mul(2).sub(1).contiguous()
-        for pg in opt.param_groups:
-            pg["lr"] = lr_at(step, steps, lr, warmup=30)
-        mu = fast_encode(vae, x)[:, :zc]
-        y = fast_decode(vae, mu)
-        rec = F.mse_loss(y, x)
-        loss = recon_loss(y, x) + latent_penalty * mu.pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        run.append(rec.item())
-        if (step + 1) % 50 == 0 or step + 1 == steps:
-            vae.eval()
-            psnr = vae_psnr(vae, val_x)
-            vae.train()
-            log(f"wan-vae step {step + 1}/{steps} rec_mse {sum(run) / len(run):.5f} val_psnr {psnr:.2f} dB "
-                f"({time.time() - t0:.0f}s)")
-            run = []
-            if psnr > best:
-                best = psnr
-                vae.save_pretrained(work / "wan_vae_best")
-    from diffusers import AutoencoderKLWan
-
-    vae = AutoencoderKLWan.from_pretrained(work / "wan_vae_best").eval()
+    vae, best, seconds = fit_autoencoder(
+        vae, val_x, steps, batch, lr, work, name="wan_vae", data_seed=10_000, latent_penalty=latent_penalty,
+        prepare=lambda x: x.contiguous(), reconstruct=_reconstruct, psnr=vae_psnr,
+    )
     return vae, {"steps": steps, "batch": batch, "lr": lr, "latent_penalty": latent_penalty,
-                 "loss": "object-weighted mse + l1", "val_psnr_db": round(best, 2), "seconds": round(time.time() - t0, 1),
+                 "loss": "object-weighted mse + l1", "val_psnr_db": round(best, 2), "seconds": seconds,
                  "params": sum(p.numel() for p in vae.parameters())}
 
 
@@ -186,108 +165,45 @@ def train_dit(z, conds, vae, steps: int, batch: int, lr: float, seed: int = 3, e
     target v = noise - x0, timestep = 1000 s. Conditions are dropped to the null embedding with p = 0.1."""
     from diffusers import WanTransformer3DModel
 
-    seed_all(seed)
-    model = WanTransformer3DModel(**DIT_CONFIG).train()
-    ema = EMA(model, ema_decay)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    dim = DIT_CONFIG["text_dim"]
-    table = torch.cat([prompt_embeds(list(range(NUM_CONDITIONS)), dim), null_embeds(1, dim)])  # last row: null
-    val_z, val_c, z, conds = z[:n_val], conds[:n_val], z[n_val:], conds[n_val:]
-    g = torch.Generator().manual_seed(seed)
-    best, t0, run, n = float("inf"), time.time(), [], z.shape[0]
-    for step in range(steps):
-        idx = torch.randint(0, n, (batch,), generator=g)
-        x0 = z[idx]
-        c = torch.where(torch.rand(batch, generator=g) < NULL_PROB, NUM_CONDITIONS, conds[idx])
-        noise = torch.randn(x0.shape, generator=g)
-        s = torch.rand(batch, generator=g)
+    def loss(model, x0, embeds, noise, g):
+        s = torch.rand(x0.shape[0], generator=g)
         xt = (1 - s.view(-1, 1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1, 1) * noise
-        for pg in opt.param_groups:
-            pg["lr"] = lr_at(step, steps, lr, warmup=100)
-        v = model(xt, s * 1000, table[c], return_dict=False)[0]
-        loss = F.mse_loss(v, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema.update(model)
-        run.append(loss.item())
-        if (step + 1) % 25 == 0:
-            log(f"dit step {step + 1}/{steps} loss {sum(run) / len(run):.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                f"({time.time() - t0:.0f}s, {(time.time() - t0) / (step + 1):.2f}s/step)")
-            run = []
-        if (step + 1) % ckpt_every == 0 or step + 1 == steps:
-            vl = flow_val_loss(ema.model, val_z, val_c, table)
-            log(f"dit checkpoint step {step + 1}: ema val loss {vl:.4f} (best {min(best, vl):.4f})")
-            if vl < best:
-                best = vl
-                make_pipeline(ema.model, vae).save_pretrained(OUT, safe_serialization=True)
-    return {"steps": steps, "batch": batch, "lr": lr, "ema_decay": ema_decay, "null_prob": NULL_PROB,
-            "train_clips": n, "best_ema_val_loss": round(best, 4), "seconds": round(time.time() - t0, 1),
-            "params": sum(p.numel() for p in model.parameters())}
+        v = model(xt, s * 1000, embeds, return_dict=False)[0]
+        return F.mse_loss(v, noise - x0)
+
+    return fit_denoiser(
+        lambda: WanTransformer3DModel(**DIT_CONFIG), z, conds, steps, batch, lr, name="dit", seed=seed,
+        ema_decay=ema_decay, warmup=100, ckpt_every=ckpt_every, n_val=n_val, text_dim=DIT_CONFIG["text_dim"],
+        null_prob=NULL_PROB, loss=loss, val_loss=flow_val_loss,
+        save=lambda ema_model: make_pipeline(ema_model, vae).save_pretrained(OUT, safe_serialization=True),
+    )
 
 
 @torch.no_grad()
 def evaluate(n_prompts: int = 8, steps: int = 10, guidance: float = 4.0) -> dict:
     """Generate through the saved pipeline and measure colour / motion adherence."""
-    from lightcache.proxy.data import ALL_CONDITIONS, dominant_colour, motion_direction
-    from lightcache.proxy.load import call_kwargs, load_wan_proxy
+    from lightcache.proxy.load import load_wan_proxy
 
-    pipe = load_wan_proxy(path=OUT)
-    conds = [ALL_CONDITIONS[(i * 7) % len(ALL_CONDITIONS)] for i in range(n_prompts)]
-    frames = pipe(**call_kwargs(pipe, conds, num_inference_steps=steps, guidance_scale=guidance, seed=0)).frames
-    colour = sum(dominant_colour(f) == c.colour for f, c in zip(frames, conds)) / n_prompts
-    motion = sum(motion_direction(f) == c.motion for f, c in zip(frames, conds)) / n_prompts
-    log(f"wan proxy eval ({n_prompts} prompts, {steps} steps, cfg {guidance}): colour {colour:.2f} motion {motion:.2f}")
-    return {"prompts": n_prompts, "steps": steps, "guidance": guidance, "colour_acc": colour, "motion_acc": motion}
-
-
-def reuse_or_train_vae(args, work: Path):
-    """With --reuse-vaes, take the finished VAE of an earlier run from the work folder (a rerun from scratch
-    trains the identical VAE: same seeds), else train it; the training record is kept next to it."""
-    import json
-
-    from diffusers import AutoencoderKLWan
-
-    info = work / "wan_vae_info.json"
-    if getattr(args, "reuse_vaes", False) and info.exists():
-        log(f"reusing {work / 'wan_vae_best'}")
-        return AutoencoderKLWan.from_pretrained(work / "wan_vae_best").eval(), dict(json.loads(info.read_text()), reused=True)
-    vae, vae_info = train_vae(args.vae_steps, args.vae_batch, args.vae_lr, work)
-    info.write_text(json.dumps(vae_info))
-    return vae, vae_info
+    return evaluate_pipeline(load_wan_proxy(path=OUT), "wan", n_prompts, steps, guidance)
 
 
 def main(args) -> None:
-    set_threads()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    summary = Path(args.summary)
-    t0 = time.time()
-    vae, vae_info = reuse_or_train_vae(args, work)
-    z, conds = encode_dataset(vae, args.clips)
-    OUT.mkdir(parents=True, exist_ok=True)
-    write_summary(summary, "wan_vae", vae_info)
-    dit_info = train_dit(z, conds, vae, args.dit_steps, args.dit_batch, args.dit_lr)
-    dit_info["eval"] = evaluate()
-    dit_info["folder_bytes"] = dir_bytes(OUT)
-    dit_info["stage_seconds"] = round(time.time() - t0, 1)
-    write_summary(summary, "wan_dit", dit_info)
+    from diffusers import AutoencoderKLWan
+
+    run_stage(
+        args, OUT, vae_name="wan_vae", vae_cls=AutoencoderKLWan, key="wan_dit", evaluate=evaluate,
+        train_vae=lambda work: train_vae(args.vae_steps, args.vae_batch, args.vae_lr, work),
+        encode=lambda vae: encode_dataset(vae, args.clips),
+        train=lambda z, conds, vae: train_dit(z, conds, vae, args.dit_steps, args.dit_batch, args.dit_lr),
+    )
+
+
+DEFAULTS = dict(vae_steps=800, vae_batch=8, vae_lr=3e-3, clips=4000, dit_steps=2200, dit_batch=16, dit_lr=8e-4)
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--vae-steps", type=int, default=800)
-    p.add_argument("--vae-batch", type=int, default=8)
-    p.add_argument("--vae-lr", type=float, default=3e-3)
-    p.add_argument("--clips", type=int, default=4000)
-    p.add_argument("--dit-steps", type=int, default=2200)
-    p.add_argument("--dit-batch", type=int, default=16)
-    p.add_argument("--dit-lr", type=float, default=8e-4)
+    add_options(p, DEFAULTS)
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    add_args(ap)
-    ap.add_argument("--work", default="/tmp/lightcache_proxy_work")
-    ap.add_argument("--summary", default=str(Path(__file__).with_name("train_summary.json")))
-    main(ap.parse_args())
+    run_standalone(__doc__, add_args, main)
