@@ -105,6 +105,39 @@ def _proxy(name):
     return build
 
 
+def load_checkpoint(path: str, device: str, steps: int, prompt: Optional[str], prompt_embeds: Optional[str],
+                    height: Optional[int], width: Optional[int], frames: Optional[int]) -> BenchModel:
+    """A local diffusers pipeline folder (``model_index.json``), for users with real weights."""
+    import json as _json
+
+    from diffusers import DiffusionPipeline
+
+    root = Path(path)
+    index = root / "model_index.json"
+    if not index.is_file():
+        raise SystemExit(f"--checkpoint {path}: not a diffusers pipeline folder (no model_index.json there)")
+    # components saved as [null, null] (no text encoder, say) must be passed as None explicitly
+    absent = {k: None for k, v in _json.loads(index.read_text()).items()
+              if isinstance(v, list) and len(v) == 2 and v[0] is None and v[1] is None}
+    pipe = DiffusionPipeline.from_pretrained(str(root), **absent).to(device)
+    kw = dict(num_inference_steps=steps, output_type="pt")
+    if prompt_embeds is not None:
+        embeds = torch.load(prompt_embeds, map_location=device)
+        if not isinstance(embeds, dict) or "prompt_embeds" not in embeds:
+            raise SystemExit(f"--prompt-embeds {prompt_embeds}: expected a torch.save'd dict with 'prompt_embeds' "
+                             "(and optionally 'negative_prompt_embeds')")
+        kw.update(embeds)
+    elif getattr(pipe, "text_encoder", None) is not None:
+        kw["prompt"] = prompt or "a red circle moving to the right"
+    else:
+        raise SystemExit(f"--checkpoint {path}: the pipeline has no text encoder; pass --prompt-embeds FILE")
+    for k, v in (("height", height), ("width", width), ("num_frames", frames)):
+        if v is not None:
+            kw[k] = v
+    family = "unet" if getattr(pipe, "unet", None) is not None else "dit"
+    return BenchModel(pipe, kw, family, False, f"checkpoint {root.name} ({type(pipe).__name__})")
+
+
 MODELS: Dict[str, Callable] = {
     "wan-proxy": _proxy("wan_proxy"),
     "unet-proxy": _proxy("unet_proxy"),
@@ -321,7 +354,11 @@ def bench(args) -> dict:
     from tqdm.auto import tqdm
 
     device = args.device
-    model = MODELS[args.model](device, args.steps)
+    if args.checkpoint is not None:
+        model = load_checkpoint(args.checkpoint, device, args.steps, args.prompt, args.prompt_embeds,
+                                args.height, args.width, args.frames)
+    else:
+        model = MODELS[args.model](device, args.steps)
     model.pipe.set_progress_bar_config(disable=True)
     catalogue = _methods()
     rows: List[Row] = [Row("none (reference)")]
@@ -381,7 +418,7 @@ def bench(args) -> dict:
             r.speedup = ref_t / statistics.median(r.times)
 
     result = {
-        "model": args.model,
+        "model": args.checkpoint or args.model,
         "model_description": model.description,
         "random_weights": model.random_weights,
         "device": device if device == "cpu" else torch.cuda.get_device_name(),
@@ -511,15 +548,27 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="bench-out")
     ap.add_argument("--quick", action="store_true", help="a small run (< 2 min on CPU) for smoke tests")
+    ap.add_argument("--checkpoint", default=None, metavar="DIR",
+                    help="a local diffusers pipeline folder to benchmark instead of --model")
+    ap.add_argument("--prompt", default=None, help="with --checkpoint: the prompt (needs the pipeline's text encoder)")
+    ap.add_argument("--prompt-embeds", default=None, metavar="FILE",
+                    help="with --checkpoint: torch.save'd dict of prompt_embeds (+ negative_prompt_embeds)")
+    ap.add_argument("--height", type=int, default=None)
+    ap.add_argument("--width", type=int, default=None)
+    ap.add_argument("--frames", type=int, default=None)
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads on CPU (default 1: steadier timings on shared machines)")
     args = ap.parse_args(argv)
-    if args.model is None:
+    if args.checkpoint is not None and args.model is not None:
+        ap.error("give --model or --checkpoint, not both")
+    if args.checkpoint is not None:
+        args.model = "checkpoint"
+    elif args.model is None:
         from lightcache.proxy.load import weights_available
 
         args.model = "wan-proxy" if weights_available("wan_proxy") else "wan-tiny"
-    if args.model not in MODELS:
+    if args.checkpoint is None and args.model not in MODELS:
         ap.error(f"--model must be one of {', '.join(MODELS)}, got {args.model!r}")
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")

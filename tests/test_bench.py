@@ -43,3 +43,25 @@ def test_missing_proxy_weights_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(load, "weights_available", lambda name: False)
     with pytest.raises(SystemExit, match="not in this installation"):
         bench.main(["--model", "wan-proxy", "--out", str(tmp_path), "--quick"])
+
+
+def test_checkpoint_folder_runs_and_missing_folder_is_clear(tmp_path, capsys):
+    import torch
+
+    from lightcache.proxy import load
+
+    if not load.weights_available("wan_proxy"):
+        pytest.skip("the trained Wan proxy is not installed")
+    with pytest.raises(SystemExit, match="no model_index.json"):
+        bench.main(["--checkpoint", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    pipe = load.load_wan_proxy()
+    pos, neg = load.embeds_for(pipe, [0])
+    torch.save({"prompt_embeds": pos, "negative_prompt_embeds": neg}, tmp_path / "embeds.pt")
+    with pytest.raises(SystemExit, match="no text encoder"):
+        bench.main(["--checkpoint", str(load.proxy_dir("wan_proxy")), "--out", str(tmp_path)])
+    result = bench.main(["--checkpoint", str(load.proxy_dir("wan_proxy")), "--prompt-embeds", str(tmp_path / "embeds.pt"),
+                         "--height", "32", "--width", "32", "--frames", "9", "--steps", "6", "--repeats", "1",
+                         "--methods", "precise-flash", "--out", str(tmp_path / "out"), "--no-progress"])
+    rows = {r["method"]: r for r in result["rows"]}
+    assert result["random_weights"] is False and rows["precise-flash"]["status"] == "ok"
+    assert rows["precise-flash"]["psnr"] is not None  # a trained checkpoint gets fidelity numbers
