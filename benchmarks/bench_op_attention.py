@@ -11,10 +11,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import sync
+from conftest import peak_extra_bytes, sync
 
 import lightcache.ops  # noqa: F401
-from lightcache._live_bytes import LiveBytes
 from lightcache.reference.attention import chunked_attention as ref_chunked_attention
 
 # CPU: moderate. CUDA: one Wan2.1-1.3B self-attention at 480p (12 heads x 128, L = 32760);
@@ -54,20 +53,6 @@ def _inputs(device):
     return s, (q, k, v, qw, kw, ang.cos(), ang.sin())
 
 
-def _peak_extra(device, fn, cpu_fn):
-    if device == "cuda":
-        fn()
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    with LiveBytes() as m:
-        cpu_fn()
-    return m.peak
-
-
 @pytest.mark.parametrize("impl", ["chunked_op", "eager", "sdpa_only"])
 def test_bench_attention(benchmark, bench_device, impl):
     if impl == "sdpa_only" and bench_device != "cuda":
@@ -82,7 +67,7 @@ def test_bench_attention(benchmark, bench_device, impl):
     else:
         qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
         fn = cpu_fn = lambda: F.scaled_dot_product_attention(qt, kt, vt)  # noqa: E731
-    peak = _peak_extra(bench_device, fn, cpu_fn)
+    peak = peak_extra_bytes(bench_device, fn, cpu_fn)
 
     def run():
         fn()

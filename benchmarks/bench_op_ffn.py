@@ -8,10 +8,9 @@ Run: pytest benchmarks/bench_op_ffn.py --benchmark-only -q
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import sync
+from conftest import peak_extra_bytes, sync
 
 import lightcache.ops  # noqa: F401
-from lightcache._live_bytes import LiveBytes
 from lightcache.reference.ffn import chunked_ffn as ref_chunked_ffn
 
 # CPU: moderate. CUDA: one Wan2.1-1.3B block at 480p (L = 21·30·52 tokens, dim 1536, ffn 8960).
@@ -37,20 +36,6 @@ def _inputs(device):
     return s, (x, w1, b1, w2, b2, gate, residual)
 
 
-def _peak_extra(device, fn, cpu_fn):
-    if device == "cuda":
-        fn()
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    with LiveBytes() as m:
-        cpu_fn()
-    return m.peak
-
-
 @pytest.mark.parametrize("impl", ["chunked_op", "eager"])
 def test_bench_ffn(benchmark, bench_device, impl):
     s, (x, w1, b1, w2, b2, gate, residual) = _inputs(bench_device)
@@ -59,7 +44,7 @@ def test_bench_ffn(benchmark, bench_device, impl):
         cpu_fn = lambda: ref_chunked_ffn(x, w1, b1, w2, b2, s["chunk"], gate, residual)  # noqa: E731
     else:
         fn = cpu_fn = lambda: eager_ffn(x, w1, b1, w2, b2, gate, residual)  # noqa: E731
-    peak = _peak_extra(bench_device, fn, cpu_fn)
+    peak = peak_extra_bytes(bench_device, fn, cpu_fn)
 
     def run():
         fn()

@@ -8,26 +8,13 @@ from lightcache.adapters.base import ModelAdapter, register_adapter
 
 _UNET_BLOCKS = ("down_blocks", "mid_block", "up_blocks")
 
-SVD = register_adapter(
-    ModelAdapter(
-        family="svd",
-        model_classes=("UNetSpatioTemporalConditionModel",),
-        block_lists=_UNET_BLOCKS,
-        sample_arg="sample",
-        unet=True,
+
+def _unet(family: str, cls: str) -> ModelAdapter:
+    return register_adapter(
+        ModelAdapter(family=family, model_classes=(cls,), block_lists=_UNET_BLOCKS, sample_arg="sample", unet=True)
     )
-)
-ANIMATEDIFF = register_adapter(
-    ModelAdapter(
-        family="animatediff", model_classes=("UNetMotionModel",), block_lists=_UNET_BLOCKS, sample_arg="sample", unet=True
-    )
-)
-TEXT_TO_VIDEO_SD = register_adapter(
-    ModelAdapter(
-        family="text_to_video_sd",
-        model_classes=("UNet3DConditionModel",),
-        block_lists=_UNET_BLOCKS,
-        sample_arg="sample",
-        unet=True,
-    )
-)
+
+
+SVD = _unet("svd", "UNetSpatioTemporalConditionModel")
+ANIMATEDIFF = _unet("animatediff", "UNetMotionModel")
+TEXT_TO_VIDEO_SD = _unet("text_to_video_sd", "UNet3DConditionModel")

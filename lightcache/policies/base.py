@@ -35,7 +35,9 @@ class CallInfo:
 
 
 class CachePolicy:
-    """Base of every policy. Subclasses are frozen dataclasses that validate in __post_init__."""
+    """Base of every policy. Subclasses are frozen dataclasses that validate in __post_init__ and
+    implement new_state and should_compute, plus reused_output if they ever skip a whole call (the
+    base raises NotImplementedError for these: they are the interface, not stubs)."""
 
     #: policies that skip work inside a computed call set this and implement block_begin/block_end
     block_level: bool = False
