@@ -2,20 +2,36 @@
 
     lightcache bench [--model wan-proxy] [--methods easycache,precise-flash,...] [--steps 20]
                      [--repeats 3] [--out bench-out] [--quick]
+    lightcache bench --model hunyuanvideo --device cuda        realistic size, random weights
+    lightcache bench --model svd --scale tiny                  the same pipeline code shrunk, on CPU
+    lightcache bench --checkpoint DIR --prompt-embeds FILE     a local diffusers checkpoint
+    lightcache bench --sweep [--sweep-points N]                threshold sweeps, matched speed-up
 
 For each method the pipeline runs with the same seed and inputs as the uncached reference:
   * speed-up: median over ``--repeats`` runs, methods alternating within each round, of the
     reference's time divided by the method's;
-  * fidelity against the reference's video: PSNR (clip-pooled), SSIM (per frame), flicker — "n/a"
-    for random-weight models, whose trajectories mean nothing;
+  * fidelity against the reference's video: PSNR (clip-pooled), SSIM (per frame), flicker — "n/a
+    (random weights)" for random-weight models, whose trajectories mean nothing;
   * memory per stage: CUDA allocator peaks, or on CPU the deterministic live-tensor tracker;
   * reuse ratio (lightcache methods).
 Outputs: a table on the terminal, ``results.json``, ``pareto.png`` (speed-up vs PSNR),
 ``memory.png`` (peak per stage), ``timeline.png`` (memory over time by stage, reference vs. our
 fastest method), ``side_by_side.gif`` (reference and each method).
-Peers (diffusers' FirstBlockCache, TaylorSeer, PyramidAttentionBroadcast; cache-dit and the
-DeepCache package when installed) run through their own APIs; a peer that is not installed or
-does not apply to the model is listed with the reason and the rest still runs.
+
+Models: the trained proxies (``wan-proxy``, ``unet-proxy``), ``wan-tiny``, and realistic-size
+random-weight configurations (Wan2.1 1.3B/14B, HunyuanVideo, CogVideoX-5B, LTX-Video, SVD-XT,
+AnimateDiff; :mod:`lightcache.bench_models`) for speed and memory on a GPU; ``--scale tiny`` runs
+them shrunk on CPU. ``--checkpoint DIR`` runs a real local diffusers pipeline folder.
+
+Peers (diffusers' FirstBlockCache, TaylorSeer, PyramidAttentionBroadcast, MagCache, FasterCache;
+cache-dit and the DeepCache package when installed) run through their own APIs; a peer that is not
+installed or does not apply to the model is listed with the reason and the rest still runs.
+MagCache needs per-model ``mag_ratios``: the bench first runs diffusers' own calibration
+(``MagCacheConfig(calibrate=True)``, one uncached run on another seed) and says so.
+
+``--sweep`` runs each threshold-like knob (EasyCache τ, PreciseCache α, FirstBlockCache threshold,
+TaylorSeer cache interval, PAB skip range, MagCache threshold) over a few settings and compares
+PSNR at matched speed-up (see :func:`matched_comparison`); it needs a trained model.
 """
 
 from __future__ import annotations
@@ -34,7 +50,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 import lightcache
-from lightcache import metrics
+from lightcache import bench_models, metrics
 
 # ---------------------------------------------------------------------------------------------
 # models
@@ -48,6 +64,15 @@ class BenchModel:
     family: str  # "dit" or "unet"
     random_weights: bool
     description: str
+    # batch size of the denoiser's latent input at each call of the reference run (FasterCache
+    # needs uncond + cond batched into one call)
+    denoiser_batches: List[int] = field(default_factory=list)
+    calibration: dict = field(default_factory=dict)  # peer calibrations, computed once per model
+
+
+def _denoiser(pipe):
+    model = getattr(pipe, "transformer", None)
+    return model if model is not None else pipe.unet
 
 
 def _wan_tiny(device, steps):
@@ -67,22 +92,10 @@ def _wan_tiny(device, steps):
     return BenchModel(pipe, kw, "dit", True, "tiny random-weight Wan (4 blocks, width 32)")
 
 
-def _wan_sized(layers, heads, ffn):
-    def build(device, steps):
-        from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
-
-        if device == "cpu":
-            raise SystemExit("this configuration is for GPUs (billions of parameters); use --device cuda")
-        torch.manual_seed(0)
-        tr = WanTransformer3DModel(num_attention_heads=heads, attention_head_dim=128, ffn_dim=ffn, num_layers=layers,
-                                   text_dim=4096).to(device, torch.bfloat16)
-        vae = AutoencoderKLWan().to(device)
-        pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=tr,
-                           scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
-        kw = dict(prompt_embeds=torch.randn(1, 512, 4096, device=device, dtype=torch.bfloat16),
-                  negative_prompt_embeds=torch.zeros(1, 512, 4096, device=device, dtype=torch.bfloat16),
-                  height=480, width=832, num_frames=33, num_inference_steps=steps, guidance_scale=5.0, output_type="pt")
-        return BenchModel(pipe, kw, "dit", True, f"random-weight Wan2.1 ({layers} blocks, {heads} heads), 480p, 33 frames")
+def _realistic(name):
+    def build(device, steps, scale="full", height=None, width=None, frames=None):
+        pipe, kw, family, description = bench_models.build(name, device, steps, scale, height, width, frames)
+        return BenchModel(pipe, kw, family, True, description)
 
     return build
 
@@ -103,8 +116,6 @@ def _proxy(name):
         return BenchModel(pipe, kw, fam, False, f"trained proxy {name} (lightcache/proxy)")
 
     return build
-
-
 def load_checkpoint(path: str, device: str, steps: int, prompt: Optional[str], prompt_embeds: Optional[str],
                     height: Optional[int], width: Optional[int], frames: Optional[int]) -> BenchModel:
     """A local diffusers pipeline folder (``model_index.json``), for users with real weights."""
@@ -142,9 +153,9 @@ MODELS: Dict[str, Callable] = {
     "wan-proxy": _proxy("wan_proxy"),
     "unet-proxy": _proxy("unet_proxy"),
     "wan-tiny": _wan_tiny,
-    "wan2.1-1.3b": _wan_sized(30, 12, 8960),
-    "wan2.1-14b": _wan_sized(40, 40, 13824),
+    **{name: _realistic(name) for name in bench_models.REALISTIC},
 }
+SIZED_MODELS = tuple(bench_models.REALISTIC)  # take --scale / --height / --width / --frames
 
 # ---------------------------------------------------------------------------------------------
 # methods
@@ -155,10 +166,13 @@ MODELS: Dict[str, Callable] = {
 class Method:
     name: str
     families: tuple
-    enable: Callable  # (pipe, steps) -> None
-    disable: Callable  # (pipe) -> None
+    enable: Callable  # (model: BenchModel, steps) -> None
+    disable: Callable  # (model: BenchModel) -> None
     ours: bool = True
     unavailable: Callable = lambda: None  # () -> reason the method cannot run here, or None
+    # (model) -> reason it cannot apply to this model, or None; asked after the reference run
+    applies: Callable = lambda model: None
+    settings: dict = field(default_factory=dict)  # what the method ran with (results.json)
 
 
 def _not_installed(module: str, pip_name: str):
@@ -172,38 +186,45 @@ def _not_installed(module: str, pip_name: str):
     return check
 
 
-def _cache_dit_enable(pipe, steps):
-    import cache_dit
+def _cache_dit():
+    def enable(model, steps):
+        import cache_dit
 
-    cache_dit.enable_cache(pipe)
+        cache_dit.enable_cache(model.pipe)
 
+    def disable(model):
+        import cache_dit
 
-def _cache_dit_disable(pipe):
-    import cache_dit
+        cache_dit.disable_cache(model.pipe)
 
-    cache_dit.disable_cache(pipe)
-
-
-def _deepcache_pkg_enable(pipe, steps):
-    from DeepCache import DeepCacheSDHelper
-
-    helper = DeepCacheSDHelper(pipe=pipe)
-    helper.set_params(cache_interval=3, cache_branch_id=0)
-    helper.enable()
-    pipe._lightcache_bench_deepcache = helper
+    return (enable, disable), {}
 
 
-def _deepcache_pkg_disable(pipe):
-    pipe._lightcache_bench_deepcache.disable()
-    del pipe._lightcache_bench_deepcache
+def _deepcache_pkg(interval=3):
+    def enable(model, steps):
+        from DeepCache import DeepCacheSDHelper
+
+        helper = DeepCacheSDHelper(pipe=model.pipe)
+        helper.set_params(cache_interval=interval, cache_branch_id=0)
+        helper.enable()
+        model.pipe._lightcache_bench_deepcache = helper
+
+    def disable(model):
+        model.pipe._lightcache_bench_deepcache.disable()
+        del model.pipe._lightcache_bench_deepcache
+
+    return (enable, disable), {"cache_interval": interval, "cache_branch_id": 0}
 
 
 def _ours(policy_fn, memory_fn=None):
-    def enable(pipe, steps):
-        memory = memory_fn(pipe) if memory_fn else None
-        lightcache.enable(pipe, policy=policy_fn(steps), memory=memory)
+    def enable(model, steps):
+        memory = memory_fn(model.pipe) if memory_fn else None
+        lightcache.enable(model.pipe, policy=policy_fn(steps), memory=memory)
 
-    return enable, lightcache.disable
+    def disable(model):
+        lightcache.disable(model.pipe)
+
+    return enable, disable
 
 
 def _mem_plan(pipe):
@@ -216,81 +237,249 @@ def _warmup(steps):
     return max(1, round(0.2 * steps))
 
 
-def _diffusers_peer(make_config):
-    def enable(pipe, steps):
-        model = getattr(pipe, "transformer", None)
-        if model is None or not hasattr(model, "enable_cache"):
-            raise RuntimeError("the denoiser has no diffusers enable_cache()")
-        model.enable_cache(make_config(pipe))
+def _hooked_modules(model) -> int:
+    """Submodules of ``model`` carrying a diffusers hook (the root's own registry not counted)."""
+    return sum(1 for m in model.modules()
+               if m is not model and getattr(getattr(m, "_diffusers_hook", None), "hooks", None))
 
-    def disable(pipe):
-        pipe.transformer.disable_cache()
+
+def _diffusers_peer(make_config):
+    """enable/disable through ``transformer.enable_cache(config)``. A config that hooks no block
+    would silently run the uncached model: that is an error here, not a 1.0x row."""
+
+    def enable(model, steps):
+        den = getattr(model.pipe, "transformer", None)
+        if den is None or not hasattr(den, "enable_cache"):
+            raise RuntimeError("the denoiser has no diffusers enable_cache()")
+        config = make_config(model, steps)
+        den.enable_cache(config)
+        if _hooked_modules(den) == 0:
+            den.disable_cache()
+            raise RuntimeError(f"{type(config).__name__} hooked no module of {type(den).__name__}: nothing would be cached")
+
+    def disable(model):
+        model.pipe.transformer.disable_cache()
 
     return enable, disable
 
 
-def _fbc(pipe):
+def _fbc(threshold=None):
     from diffusers import FirstBlockCacheConfig
 
-    return FirstBlockCacheConfig(threshold=0.05)
+    threshold = 0.05 if threshold is None else threshold  # diffusers' default
+
+    return _diffusers_peer(lambda model, steps: FirstBlockCacheConfig(threshold=threshold)), {"threshold": threshold}
 
 
-def _taylorseer(pipe):
+# TaylorSeer forecasts the attention and feed-forward outputs of every block. diffusers' default
+# patterns (re.fullmatch of "^blocks.*attn") match no module of Wan, CogVideoX or LTX, whose
+# attentions are named attn1/attn2 — with them TaylorSeer silently caches nothing.
+TAYLORSEER_MODULES = (r"(blocks|transformer_blocks|single_transformer_blocks|temporal_transformer_blocks)\.\d+\."
+                      r"(attn\d*|ff|ffn)",)
+
+
+def _taylorseer(cache_interval=None):
     from diffusers import TaylorSeerCacheConfig
 
-    return TaylorSeerCacheConfig()
+    cache_interval = 5 if cache_interval is None else cache_interval  # diffusers' default (warm-up 3, order 1 too)
+
+    def make(model, steps):
+        # factors in the model's dtype: diffusers' bf16 default would round an fp32 model's features
+        return TaylorSeerCacheConfig(cache_interval=cache_interval, cache_identifiers=list(TAYLORSEER_MODULES),
+                                     taylor_factors_dtype=model.pipe.transformer.dtype)
+
+    return _diffusers_peer(make), {"cache_interval": cache_interval, "cache_identifiers": list(TAYLORSEER_MODULES)}
 
 
-def _pab(pipe):
+def _pab(skip_range=None):
     from diffusers import PyramidAttentionBroadcastConfig
 
-    return PyramidAttentionBroadcastConfig(
-        spatial_attention_block_skip_range=2, current_timestep_callback=lambda: pipe.current_timestep
-    )
+    skip_range = 2 if skip_range is None else skip_range
+
+    def make(model, steps):
+        pipe = model.pipe
+        return PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=skip_range,
+                                               current_timestep_callback=lambda: pipe.current_timestep)
+
+    return _diffusers_peer(make), {"spatial_attention_block_skip_range": skip_range}
 
 
-def _methods() -> Dict[str, Method]:
+CALIBRATION_SEED = 1  # MagCache calibrates on another seed than the evaluated one (seed 0)
+
+
+def magcache_ratios(model: BenchModel, steps: int) -> List[float]:
+    """``mag_ratios`` for diffusers MagCache from its own calibration mode: one uncached run with
+    ``MagCacheConfig(calibrate=True)`` (seed :data:`CALIBRATION_SEED`), whose printed per-step ratios are
+    read back. With guidance as separate calls each branch prints its list; the element-wise mean is
+    used, because one config serves both branches. Cached on the model per step count."""
+    import ast
+    import contextlib
+    import io
+
+    from diffusers import MagCacheConfig
+
+    key = ("magcache", steps)
+    if key in model.calibration:
+        return model.calibration[key]
+    print(f"diffusers-magcache: calibrating mag_ratios first (MagCacheConfig(calibrate=True), one {steps}-step run, "
+          f"seed {CALIBRATION_SEED})", file=sys.stderr)
+    den = model.pipe.transformer
+    den.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            model.pipe(**model.kwargs, generator=torch.Generator("cpu").manual_seed(CALIBRATION_SEED))
+    finally:
+        den.disable_cache()
+    lists = []
+    for line in printed.getvalue().splitlines():
+        if line.startswith("[") and not line.startswith("[MagCache"):
+            values = ast.literal_eval(line)
+            if isinstance(values, list) and len(values) == steps:
+                lists.append([float(v) for v in values])
+    if not lists:
+        raise RuntimeError("diffusers MagCache calibration printed no ratio list of the run's length "
+                           f"({steps}); its calibrate output format may have changed")
+    model.calibration[key] = [sum(v) / len(v) for v in zip(*lists)]
+    return model.calibration[key]
+
+
+def _magcache(threshold=None):
+    from diffusers import MagCacheConfig
+
+    threshold = 0.06 if threshold is None else threshold  # diffusers' default (max 3 skips, first 20% kept)
+
+    settings = {"threshold": threshold}
+
+    def make(model, steps):
+        ratios = magcache_ratios(model, steps)
+        settings["mag_ratios"] = [round(r, 4) for r in ratios]
+        settings["calibration"] = (f"diffusers MagCacheConfig(calibrate=True), one uncached run, seed {CALIBRATION_SEED}, "
+                                   "mean over guidance branches")
+        return MagCacheConfig(threshold=threshold, num_inference_steps=steps, mag_ratios=ratios)
+
+    return _diffusers_peer(make), settings
+
+
+# layout of the latent video the denoiser returns: FasterCache splits it into frames for its
+# low/high-frequency CFG approximation
+_FRAME_LAYOUT = {
+    "CogVideoXTransformer3DModel": "BFCHW",
+    "WanTransformer3DModel": "BCFHW",
+    "HunyuanVideoTransformer3DModel": "BCFHW",
+    "MochiTransformer3DModel": "BCFHW",
+}
+
+
+def _fastercache_applies(model: BenchModel) -> Optional[str]:
+    den = _denoiser(model.pipe)
+    layout = _FRAME_LAYOUT.get(type(den).__name__)
+    if layout is None:
+        return (f"not applicable: FasterCache needs the denoiser's frame layout; {type(den).__name__} is not one of "
+                f"{', '.join(sorted(_FRAME_LAYOUT))}")
+    batches = sorted(set(model.denoiser_batches))
+    # the bench's inputs hold one prompt, so a batch of 2 is the uncond + cond pair
+    if batches != [2]:
+        return (f"not applicable: {type(model.pipe).__name__} called the denoiser {len(model.denoiser_batches)} times "
+                f"with batch {'/'.join(map(str, batches)) or '?'}; diffusers FasterCache needs the uncond and cond "
+                "branches batched in one call (batch 2)")
+    return None
+
+
+def _fastercache():
+    from diffusers import FasterCacheConfig
+
+    def make(model, steps):
+        pipe = model.pipe
+        # the values of diffusers' FasterCache documentation example (CogVideoX)
+        return FasterCacheConfig(
+            spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 681),
+            current_timestep_callback=lambda: pipe.current_timestep, attention_weight_callback=lambda _: 0.3,
+            unconditional_batch_skip_range=5, unconditional_batch_timestep_skip_range=(-1, 781),
+            tensor_format=_FRAME_LAYOUT[type(pipe.transformer).__name__])
+
+    return _diffusers_peer(make), {"spatial_attention_block_skip_range": 2, "unconditional_batch_skip_range": 5,
+                                   "attention_weight": 0.3}
+
+
+def make_method(name: str, knob=None) -> Method:
+    """The method ``name``; ``knob`` replaces the value of its threshold-like setting (the one
+    :data:`SWEEPS` varies; DeepCache: the interval)."""
     from lightcache import DeepCache, EasyCache, PreciseCache
 
-    m = {}
+    if knob is not None and name in ("diffusers-fastercache", "cache-dit", "deepcache-pkg"):
+        raise ValueError(f"method {name!r} has no swept setting; got knob={knob!r}")
 
-    def add(name, fams, pair, ours=True, unavailable=lambda: None):
-        m[name] = Method(name, fams, pair[0], pair[1], ours, unavailable)
+    def ours(fams, pair, settings):
+        return Method(name, fams, pair[0], pair[1], True, settings=settings)
 
-    add("easycache", ("dit",), _ours(lambda n: EasyCache(threshold=0.05, warmup_steps=_warmup(n))))
-    add("precise-base", ("dit",), _ours(lambda n: PreciseCache(mode="base")))
-    add("precise-turbo", ("dit",), _ours(lambda n: PreciseCache(mode="turbo")))
-    add("precise-flash", ("dit",), _ours(lambda n: PreciseCache(mode="flash")))
-    add("easycache+mem", ("dit",), _ours(lambda n: EasyCache(threshold=0.05, warmup_steps=_warmup(n)), _mem_plan))
-    add("precise-flash+mem", ("dit",), _ours(lambda n: PreciseCache(mode="flash"), _mem_plan))
-    add("deepcache", ("unet",), _ours(lambda n: DeepCache(interval=3)))
-    add("deepcache+mem", ("unet",), _ours(lambda n: DeepCache(interval=3), _mem_plan))
-    add("diffusers-fbc", ("dit",), _diffusers_peer(_fbc), ours=False)
-    add("diffusers-taylorseer", ("dit",), _diffusers_peer(_taylorseer), ours=False)
-    add("diffusers-pab", ("dit",), _diffusers_peer(_pab), ours=False)
-    add("cache-dit", ("dit",), (_cache_dit_enable, _cache_dit_disable), ours=False,
-        unavailable=_not_installed("cache_dit", "cache-dit"))
-    add("deepcache-pkg", ("unet",), (_deepcache_pkg_enable, _deepcache_pkg_disable), ours=False,
-        unavailable=_not_installed("DeepCache", "DeepCache"))
-    return m
+    def peer(fams, made, unavailable=lambda: None, applies=lambda model: None):
+        (enable, disable), settings = made
+        return Method(name, fams, enable, disable, False, unavailable, applies, settings)
+
+    if name in ("easycache", "easycache+mem"):
+        tau = 0.05 if knob is None else knob
+        mem = _mem_plan if name.endswith("+mem") else None
+        return ours(("dit",), _ours(lambda n: EasyCache(threshold=tau, warmup_steps=_warmup(n)), mem),
+                    {"threshold": tau, "warmup_steps": "20% of steps"})
+    if name in ("precise-base", "precise-turbo", "precise-flash", "precise-flash+mem"):
+        mode = name.split("-")[1].split("+")[0]
+        mem = _mem_plan if name.endswith("+mem") else None
+        policy = PreciseCache(mode=mode, alpha=knob)
+        return ours(("dit",), _ours(lambda n: policy, mem), {"mode": mode, "alpha": policy.alpha})
+    if name in ("deepcache", "deepcache+mem"):
+        interval = 3 if knob is None else knob
+        mem = _mem_plan if name.endswith("+mem") else None
+        return ours(("unet",), _ours(lambda n: DeepCache(interval=interval), mem), {"interval": interval})
+    if name == "diffusers-fbc":
+        return peer(("dit",), _fbc(knob))
+    if name == "diffusers-taylorseer":
+        return peer(("dit",), _taylorseer(knob))
+    if name == "diffusers-pab":
+        return peer(("dit",), _pab(knob))
+    if name == "diffusers-magcache":
+        return peer(("dit",), _magcache(knob))
+    if name == "diffusers-fastercache":
+        return peer(("dit",), _fastercache(), applies=_fastercache_applies)
+    if name == "cache-dit":
+        return peer(("dit",), _cache_dit(), unavailable=_not_installed("cache_dit", "cache-dit"))
+    if name == "deepcache-pkg":
+        return peer(("unet",), _deepcache_pkg(), unavailable=_not_installed("DeepCache", "DeepCache"))
+    raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
 
 
-QUICK_METHODS = ("easycache", "precise-flash", "easycache+mem", "diffusers-fbc")
-DEFAULT_METHODS = (
+METHODS = (
     "easycache", "precise-base", "precise-turbo", "precise-flash", "easycache+mem", "precise-flash+mem",
-    "deepcache", "deepcache+mem", "diffusers-fbc", "diffusers-taylorseer", "diffusers-pab", "cache-dit",
-    "deepcache-pkg",
+    "deepcache", "deepcache+mem", "diffusers-fbc", "diffusers-taylorseer", "diffusers-pab", "diffusers-magcache",
+    "diffusers-fastercache", "cache-dit", "deepcache-pkg",
 )
+QUICK_METHODS = ("easycache", "precise-flash", "easycache+mem", "diffusers-fbc", "diffusers-magcache",
+                 "diffusers-fastercache")
+DEFAULT_METHODS = METHODS
+
+# The swept setting of each threshold-like method and its default grid (--sweep).
+SWEEPS: Dict[str, tuple] = {
+    "easycache": ("threshold", (0.1, 0.2, 0.3, 0.5, 0.8)),
+    "precise-base": ("alpha", (0.3, 0.5, 0.7, 1.0)),
+    "precise-flash": ("alpha", (0.3, 0.5, 0.7, 1.0)),
+    "diffusers-fbc": ("threshold", (0.1, 0.2, 0.4, 0.8)),
+    "diffusers-taylorseer": ("cache_interval", (2, 3, 4, 6)),
+    "diffusers-pab": ("spatial_attention_block_skip_range", (2, 3, 4)),
+    "diffusers-magcache": ("threshold", (0.02, 0.06, 0.12, 0.24)),
+}
 
 # ---------------------------------------------------------------------------------------------
 # running
 # ---------------------------------------------------------------------------------------------
+
+RANDOM_WEIGHTS_NA = "n/a (random weights)"
 
 
 @dataclass
 class Row:
     method: str
     status: str = "ok"
+    settings: dict = field(default_factory=dict)
     times: List[float] = field(default_factory=list)
     speedup: Optional[float] = None
     psnr: Optional[float] = None
@@ -310,7 +499,7 @@ def _frames(out) -> torch.Tensor:
 
 
 def _sync(device):
-    if device == "cuda":
+    if str(device).startswith("cuda"):
         torch.cuda.synchronize()
 
 
@@ -322,19 +511,29 @@ def _run(model: BenchModel, device) -> tuple:
     return time.perf_counter() - t, _frames(out)
 
 
+def _latent_batch(args, kwargs) -> Optional[int]:
+    x = kwargs.get("hidden_states", kwargs.get("sample", args[0] if args else None))
+    return int(x.shape[0]) if isinstance(x, torch.Tensor) else None
+
+
 def _metered(model: BenchModel, method: Optional[Method], steps: int, device) -> tuple:
-    """One run with the stage meter on: (video, report)."""
+    """One run with the stage meter on: (video, report). The reference run (``method=None``) also
+    records the denoiser's input batch per call into ``model.denoiser_batches``."""
     from lightcache import MemoryPlan
 
     track = MemoryPlan(cpu_tracker=device == "cpu")
-    if method is not None:
-        method.enable(model.pipe, steps)
+    probe = None
+    if method is None:
+        model.denoiser_batches = []
+        probe = _denoiser(model.pipe).register_forward_pre_hook(
+            lambda mod, args, kwargs: model.denoiser_batches.append(_latent_batch(args, kwargs)), with_kwargs=True)
+    else:
+        method.enable(model, steps)
     try:
         if method is None or not method.ours:
             lightcache.enable(model.pipe, policy=None, memory=track)
         else:  # our method: keep its plan, add the meter
-            session = model.pipe.transformer if hasattr(model.pipe, "transformer") else model.pipe.unet
-            s = session._lightcache_session
+            s = _denoiser(model.pipe)._lightcache_session
             if s.memory is None:
                 s.memory = track
             else:
@@ -345,40 +544,104 @@ def _metered(model: BenchModel, method: Optional[Method], steps: int, device) ->
         rep = lightcache.report(model.pipe)
     finally:
         lightcache.disable(model.pipe)
+        if probe is not None:
+            probe.remove()
         if method is not None and not method.ours:
-            method.disable(model.pipe)
+            method.disable(model)
     return video, rep
+
+
+def _fidelity(row: Row, video: torch.Tensor, ref: torch.Tensor) -> None:
+    row.psnr = metrics.psnr(video, ref)
+    row.ssim = metrics.ssim(video, ref) if min(video.shape[-2:]) >= 11 else None
+    row.flicker = metrics.flicker(video, ref)
+
+
+def _time_alternating(model: BenchModel, device, methods: List[Method], rows: Dict[str, Row], ref: Row, steps: int,
+                      repeats: int, no_progress: bool, desc: str) -> None:
+    """``repeats`` rounds of the reference then each method, after one warm-up run; speed-ups from medians."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=repeats * (1 + len(methods)), desc=desc, disable=no_progress) as bar:
+        _run(model, device)  # warm-up
+        for _ in range(repeats):
+            ref.times.append(_run(model, device)[0])
+            bar.update()
+            for method in methods:
+                method.enable(model, steps)
+                try:
+                    t, _ = _run(model, device)
+                finally:
+                    method.disable(model)
+                rows[method.name].times.append(t)
+                bar.update()
+    ref_t = statistics.median(ref.times)
+    for r in [ref, *(rows[m.name] for m in methods)]:
+        r.speedup = ref_t / statistics.median(r.times)
+
+
+def _header(args, model: BenchModel, device) -> dict:
+    return {
+        "model": args.checkpoint or args.model,
+        "model_description": model.description,
+        "random_weights": model.random_weights,
+        "fidelity": RANDOM_WEIGHTS_NA if model.random_weights else "against the uncached output (same seed and inputs)",
+        "device": device if device == "cpu" else torch.cuda.get_device_name(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "lightcache": lightcache.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "steps": args.steps,
+        "repeats": args.repeats,
+    }
+
+
+def _load_model(args) -> BenchModel:
+    if args.checkpoint is not None:
+        model = load_checkpoint(args.checkpoint, args.device, args.steps, args.prompt, args.prompt_embeds,
+                                args.height, args.width, args.frames)
+    elif args.model in SIZED_MODELS:
+        model = MODELS[args.model](args.device, args.steps, scale=args.scale, height=args.height, width=args.width,
+                                   frames=args.frames)
+    else:
+        model = MODELS[args.model](args.device, args.steps)
+    model.pipe.set_progress_bar_config(disable=True)
+    return model
 
 
 def bench(args) -> dict:
     from tqdm.auto import tqdm
 
     device = args.device
-    if args.checkpoint is not None:
-        model = load_checkpoint(args.checkpoint, device, args.steps, args.prompt, args.prompt_embeds,
-                                args.height, args.width, args.frames)
-    else:
-        model = MODELS[args.model](device, args.steps)
-    model.pipe.set_progress_bar_config(disable=True)
-    catalogue = _methods()
+    model = _load_model(args)
     rows: List[Row] = [Row("none (reference)")]
-    runnable: List[Method] = []
+    candidates: List[Method] = []
     for name in args.methods:
-        if name not in catalogue:
-            rows.append(Row(name, status=f"unknown method (known: {', '.join(sorted(catalogue))})"))
-        elif model.family not in catalogue[name].families:
-            rows.append(Row(name, status=f"does not apply to a {model.family} model"))
-        elif catalogue[name].unavailable() is not None:
-            rows.append(Row(name, status=catalogue[name].unavailable()))
+        if name not in METHODS:
+            rows.append(Row(name, status=f"unknown method (known: {', '.join(sorted(METHODS))})"))
+            continue
+        method = make_method(name)
+        row = Row(name, settings=method.settings)
+        rows.append(row)
+        if model.family not in method.families:
+            row.status = f"does not apply to a {model.family} model"
+        elif method.unavailable() is not None:
+            row.status = method.unavailable()
         else:
-            runnable.append(catalogue[name])
-            rows.append(Row(name))
+            candidates.append(method)
     by_name = {r.method: r for r in rows}
 
     ref_video, ref_rep = _metered(model, None, args.steps, device)
     by_name["none (reference)"].peak_bytes = dict(ref_rep.peak_bytes)
     by_name["none (reference)"].timeline = list(ref_rep.timeline)
     videos = {"none (reference)": ref_video}
+    runnable = []
+    for method in candidates:  # some peers' applicability depends on what the reference run did
+        reason = method.applies(model)
+        if reason is not None:
+            by_name[method.name].status = reason
+        else:
+            runnable.append(method)
     for method in tqdm(runnable, desc="fidelity + memory", disable=args.no_progress):
         row = by_name[method.name]
         try:
@@ -392,44 +655,13 @@ def bench(args) -> dict:
         row.timeline = list(rep.timeline)
         row.reuse_ratio = rep.reuse_ratio if method.ours else None
         if not model.random_weights:
-            row.psnr = metrics.psnr(video, ref_video)
-            row.ssim = metrics.ssim(video, ref_video) if min(video.shape[-2:]) >= 11 else None
-            row.flicker = metrics.flicker(video, ref_video)
+            _fidelity(row, video, ref_video)
 
     ok = [m for m in runnable if by_name[m.name].status == "ok"]
-    total = args.repeats * (1 + len(ok))
-    with tqdm(total=total, desc="timing (alternating)", disable=args.no_progress) as bar:
-        _run(model, device)  # warm-up
-        for _ in range(args.repeats):
-            t, _ = _run(model, device)
-            by_name["none (reference)"].times.append(t)
-            bar.update()
-            for method in ok:
-                method.enable(model.pipe, args.steps)
-                try:
-                    t, _ = _run(model, device)
-                finally:
-                    method.disable(model.pipe)
-                by_name[method.name].times.append(t)
-                bar.update()
-    ref_t = statistics.median(by_name["none (reference)"].times)
-    for r in rows:
-        if r.times:
-            r.speedup = ref_t / statistics.median(r.times)
+    _time_alternating(model, device, ok, by_name, by_name["none (reference)"], args.steps, args.repeats,
+                      args.no_progress, "timing (alternating)")
 
-    result = {
-        "model": args.checkpoint or args.model,
-        "model_description": model.description,
-        "random_weights": model.random_weights,
-        "device": device if device == "cpu" else torch.cuda.get_device_name(),
-        "machine": platform.machine(),
-        "torch": torch.__version__,
-        "lightcache": lightcache.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "steps": args.steps,
-        "repeats": args.repeats,
-        "rows": [r.__dict__ for r in rows],
-    }
+    result = {**_header(args, model, device), "rows": [r.__dict__ for r in rows]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
@@ -448,21 +680,25 @@ def _fmt(v, spec, na="n/a"):
 
 
 def format_table(result: dict) -> str:
-    na = "n/a*" if result["random_weights"] else "n/a"
-    head = f"{'method':<22} {'speed-up':>8} {'reuse':>6} {'PSNR dB':>8} {'SSIM':>6} {'flicker':>8} " \
-           f"{'peak denoise':>13} {'peak decode':>12}  status"
+    random = result["random_weights"]
+    fid_head = f"{'fidelity':<20}" if random else f"{'PSNR dB':>8} {'SSIM':>6} {'flicker':>8}"
+    head = f"{'method':<22} {'speed-up':>8} {'reuse':>6} {fid_head} {'peak denoise':>13} {'peak decode':>12}  status"
     lines = [f"lightcache bench: {result['model_description']} on {result['device']}, {result['steps']} steps, "
              f"median of {result['repeats']} alternating runs", head, "-" * len(head)]
     for r in result["rows"]:
         pk = r["peak_bytes"] or {}
+        ref = r["method"] == "none (reference)"
+        if random:
+            fid = f"{RANDOM_WEIGHTS_NA if r['status'] == 'ok' and not ref else '-':<20}"
+        else:
+            fid = (f"{_fmt(r['psnr'], '8.2f', '-' if ref else 'n/a'):>8} {_fmt(r['ssim'], '6.3f', 'n/a'):>6} "
+                   f"{_fmt(r['flicker'], '8.4f', 'n/a'):>8}")
         lines.append(
-            f"{r['method']:<22} {_fmt(r['speedup'], '8.2f'):>8} {_fmt(r['reuse_ratio'], '6.2f'):>6} "
-            f"{_fmt(r['psnr'], '8.2f', na if r['method'] != 'none (reference)' else '-'):>8} "
-            f"{_fmt(r['ssim'], '6.3f', 'n/a'):>6} {_fmt(r['flicker'], '8.4f', 'n/a'):>8} "
+            f"{r['method']:<22} {_fmt(r['speedup'], '8.2f'):>8} {_fmt(r['reuse_ratio'], '6.2f'):>6} {fid} "
             f"{_mb(pk.get('denoise')):>13} {_mb(pk.get('decode')):>12}  {r['status']}"
         )
-    if result["random_weights"]:
-        lines.append("* random weights: fidelity against the reference means nothing, so it is not reported")
+    if random:
+        lines.append(f"fidelity {RANDOM_WEIGHTS_NA}: against the reference it means nothing, so it is not reported")
     return "\n".join(lines)
 
 
@@ -538,24 +774,236 @@ def _plots(result: dict, videos: dict, out: Path) -> None:
     (out / "side_by_side.txt").write_text("left to right: " + ", ".join(names) + "\n")
 
 
+# ---------------------------------------------------------------------------------------------
+# threshold sweeps (--sweep)
+# ---------------------------------------------------------------------------------------------
+
+PSNR_FLOOR_DB, SPEEDUP_GOAL = 30.0, 2.5  # the DiT-proxy target: >= 2.5x at PSNR >= 30 dB
+
+
+def _grid(values: tuple, points: Optional[int]) -> tuple:
+    """``points`` settings spread evenly over ``values`` (both ends kept); all of them for None."""
+    if points is None or points >= len(values):
+        return values
+    if points == 1:
+        return values[len(values) // 2:][:1]
+    return tuple(values[round(i * (len(values) - 1) / (points - 1))] for i in range(points))
+
+
+def pareto_front(points: List[tuple]) -> List[tuple]:
+    """The (speed-up, PSNR, ...) points no other point beats on both, by ascending speed-up.
+    Points with a non-finite PSNR (output identical to the reference) are left out."""
+    pts = sorted((p for p in points if math.isfinite(p[1])), key=lambda p: (-p[0], -p[1]))
+    front, best = [], -math.inf
+    for p in pts:  # fastest first: a point stays if it beats every faster point on PSNR
+        if p[1] > best:
+            front.append(p)
+            best = p[1]
+    return front[::-1]
+
+
+def psnr_at(front: List[tuple], speedup: float) -> Optional[float]:
+    """PSNR a method reaches at speed-up >= ``speedup``: linear between its Pareto points; below its
+    slowest Pareto point, that point's PSNR (reached faster); None beyond its fastest point."""
+    if not front or speedup > front[-1][0]:
+        return None
+    if speedup <= front[0][0]:
+        return front[0][1]
+    for (s0, p0, *_), (s1, p1, *_) in zip(front, front[1:]):
+        if s0 <= speedup <= s1:
+            return p0 + (p1 - p0) * (speedup - s0) / (s1 - s0) if s1 > s0 else max(p0, p1)
+    return None  # unreachable: the front covers [front[0][0], front[-1][0]]
+
+
+def matched_comparison(ours: List[tuple], peer: List[tuple]) -> dict:
+    """PSNR of ``ours`` minus ``peer`` at matched speed-ups: at every Pareto point of either side
+    up to the smaller of the two top speed-ups (where both reach), each side's PSNR by
+    :func:`psnr_at`. Points are (speed-up, PSNR, ...)."""
+    fo, fp = pareto_front(ours), pareto_front(peer)
+    if not fo or not fp:
+        return {"matched": [], "min_margin_db": None, "mean_margin_db": None, "ours_better_at_all": None,
+                "note": "no finite-PSNR point on one side"}
+    top = min(fo[-1][0], fp[-1][0])
+    grid = sorted({p[0] for p in fo + fp if p[0] <= top})
+    matched = []
+    for s in grid:
+        a, b = psnr_at(fo, s), psnr_at(fp, s)
+        matched.append({"speedup": s, "ours_psnr": a, "peer_psnr": b, "margin_db": a - b})
+    margins = [m["margin_db"] for m in matched]
+    return {"matched": matched, "min_margin_db": min(margins), "mean_margin_db": sum(margins) / len(margins),
+            "ours_better_at_all": all(m > 0 for m in margins)}
+
+
+def sweep(args) -> dict:
+    device = args.device
+    model = _load_model(args)
+    if model.random_weights:
+        raise SystemExit(f"--sweep compares PSNR against the uncached output, which is meaningless for "
+                         f"{model.description}; use --model wan-proxy (trained) or --checkpoint DIR")
+    names = args.methods
+    unknown = [n for n in names if n not in SWEEPS]
+    if unknown:
+        raise SystemExit(f"--sweep: {', '.join(unknown)} cannot be swept; sweepable: {', '.join(SWEEPS)}")
+    skipped: Dict[str, str] = {}
+    points: List[tuple] = []  # (family, value, Method, Row)
+    for name in names:
+        probe = make_method(name)
+        reason = probe.unavailable() or (None if model.family in probe.families
+                                         else f"does not apply to a {model.family} model")
+        if reason is not None:
+            skipped[name] = reason
+            continue
+        knob, values = SWEEPS[name]
+        for value in _grid(values, args.sweep_points):
+            method = make_method(name, value)
+            method.name = f"{name} {knob}={value}"
+            points.append((name, value, method, Row(method.name, settings=method.settings)))
+
+    from tqdm.auto import tqdm
+
+    ref = Row("none (reference)")
+    _, ref_video = _run(model, device)
+    for name, value, method, row in tqdm(points, desc="sweep: fidelity", disable=args.no_progress):
+        try:
+            method.enable(model, args.steps)
+            try:
+                _, video = _run(model, device)
+                if method.ours:
+                    row.reuse_ratio = lightcache.report(model.pipe).reuse_ratio
+            finally:
+                method.disable(model)
+        except Exception as exc:  # one failing setting must not stop the sweep
+            row.status = f"failed: {type(exc).__name__}: {exc}"
+            continue
+        _fidelity(row, video, ref_video)
+    ok = [p for p in points if p[3].status == "ok"]
+    rows = {p[2].name: p[3] for p in points}
+    _time_alternating(model, device, [p[2] for p in ok], rows, ref, args.steps, args.repeats, args.no_progress,
+                      "sweep: timing (alternating)")
+
+    curves: Dict[str, List[tuple]] = {}
+    for name, value, method, row in ok:
+        curves.setdefault(name, []).append((row.speedup, row.psnr, value))
+    ours_names = [n for n in curves if make_method(n).ours]
+    peer_names = [n for n in curves if n not in ours_names]
+    ours_all = [p + (n,) for n in ours_names for p in curves[n]]
+    comparison = {}
+    for peer in peer_names:
+        entry = {"ours": f"best of {', '.join(ours_names)}", **matched_comparison(ours_all, curves[peer])}
+        entry["by_method"] = {n: {k: v for k, v in matched_comparison(curves[n], curves[peer]).items() if k != "matched"}
+                              for n in ours_names}
+        comparison[peer] = entry
+    reach = [(row.speedup, row.psnr, method.name) for name, value, method, row in ok
+             if method.ours and row.psnr >= PSNR_FLOOR_DB]
+    best = max(reach) if reach else None
+    target = {"psnr_floor_db": PSNR_FLOOR_DB, "speedup_goal": SPEEDUP_GOAL,
+              "best": None if best is None else {"method": best[2], "speedup": best[0], "psnr": best[1]},
+              "met": best is not None and best[0] >= SPEEDUP_GOAL}
+
+    result = {**_header(args, model, device), "mode": "sweep",
+              "sweep": {name: {"setting": SWEEPS[name][0],
+                               "points": [{"value": p[1], **p[3].__dict__} for p in points if p[0] == name]}
+                        for name in dict.fromkeys(p[0] for p in points)},
+              "reference": ref.__dict__, "skipped": skipped, "comparison": comparison, "target": target,
+              "comparison_method": "PSNR at matched speed-up: Pareto points of each side, linear interpolation; "
+                                   "a side's PSNR at speed-up s is the best it reaches at speed-up >= s"}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    print(format_sweep(result))
+    _sweep_plot(result, out / "sweep.png")
+    print(f"\nwrote {out / 'results.json'}, sweep.png")
+    return result
+
+
+def format_sweep(result: dict) -> str:
+    head = f"{'method':<22} {'setting':<38} {'speed-up':>8} {'reuse':>6} {'PSNR dB':>8} {'SSIM':>6}  status"
+    lines = [f"lightcache bench --sweep: {result['model_description']} on {result['device']}, {result['steps']} steps, "
+             f"median of {result['repeats']} alternating runs", head, "-" * len(head)]
+    for name, s in result["sweep"].items():
+        for p in s["points"]:
+            lines.append(f"{name:<22} {s['setting'] + '=' + str(p['value']):<38} {_fmt(p['speedup'], '8.2f'):>8} "
+                         f"{_fmt(p['reuse_ratio'], '6.2f'):>6} {_fmt(p['psnr'], '8.2f'):>8} {_fmt(p['ssim'], '6.3f'):>6}"
+                         f"  {p['status']}")
+    for name, reason in result["skipped"].items():
+        lines.append(f"{name:<22} {'-':<38} {'':>8} {'':>6} {'':>8} {'':>6}  {reason}")
+    lines.append("")
+    lines.append("PSNR at matched speed-up, ours = Pareto envelope of all lightcache settings (linear between points):")
+    for peer, c in result["comparison"].items():
+        m = c["matched"]
+        if not m:
+            lines.append(f"  vs {peer:<22} no matched speed-up ({c.get('note', '')})")
+            continue
+        verdict = "ours higher at every matched speed-up" if c["ours_better_at_all"] else "ours NOT higher everywhere"
+        lines.append(f"  vs {peer:<22} {len(m)} speed-ups in {m[0]['speedup']:.2f}-{m[-1]['speedup']:.2f}x: ours - peer "
+                     f"min {c['min_margin_db']:+.2f} dB, mean {c['mean_margin_db']:+.2f} dB -> {verdict}")
+    t = result["target"]
+    if t["best"] is None:
+        lines.append(f"target: no lightcache setting reached PSNR >= {t['psnr_floor_db']:.0f} dB")
+    else:
+        lines.append(f"target: best lightcache speed-up at PSNR >= {t['psnr_floor_db']:.0f} dB: {t['best']['speedup']:.2f}x "
+                     f"({t['best']['method']}, {t['best']['psnr']:.2f} dB) -> goal {t['speedup_goal']}x "
+                     f"{'met' if t['met'] else 'not met'}")
+    return "\n".join(lines)
+
+
+def _sweep_plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, s in result["sweep"].items():
+        pts = sorted((p["speedup"], p["psnr"]) for p in s["points"]
+                     if p["speedup"] is not None and p["psnr"] is not None and math.isfinite(p["psnr"]))
+        if pts:
+            style = "--" if name.startswith(("diffusers-", "cache-dit")) else "-"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=f"{name} ({s['setting']})")
+    t = result["target"]
+    ax.axhline(t["psnr_floor_db"], color="grey", lw=0.8)
+    ax.axvline(t["speedup_goal"], color="grey", lw=0.8)
+    ax.set_xlabel("speed-up vs uncached")
+    ax.set_ylabel("PSNR vs uncached (dB)")
+    ax.set_title("threshold sweeps (solid: lightcache, dashed: peers)")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="lightcache bench", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help=f"one of {', '.join(MODELS)} (default: wan-proxy if trained, "
-                    "else wan-tiny)")
-    ap.add_argument("--methods", default=None, help="comma-separated (default: all that apply)")
+                    f"else wan-tiny); {', '.join(SIZED_MODELS)} are realistic-size random-weight configurations "
+                    "(GPU; speed and memory only)")
+    ap.add_argument("--methods", default=None, help="comma-separated (default: all that apply; with --sweep: all "
+                    "sweepable)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="bench-out")
     ap.add_argument("--quick", action="store_true", help="a small run (< 2 min on CPU) for smoke tests")
+    ap.add_argument("--scale", choices=bench_models.SCALES, default=None,
+                    help=f"for {', '.join(SIZED_MODELS)}: full (published sizes, GPU) or tiny (the same pipeline "
+                    "code shrunk, runs on CPU); default full")
+    ap.add_argument("--sweep", action="store_true", help="sweep each threshold-like method over a few settings and "
+                    "compare PSNR at matched speed-up (needs trained weights)")
+    ap.add_argument("--sweep-points", type=int, default=None, metavar="N",
+                    help="with --sweep: N settings per method, spread over its grid (default: the whole grid)")
     ap.add_argument("--checkpoint", default=None, metavar="DIR",
                     help="a local diffusers pipeline folder to benchmark instead of --model")
     ap.add_argument("--prompt", default=None, help="with --checkpoint: the prompt (needs the pipeline's text encoder)")
     ap.add_argument("--prompt-embeds", default=None, metavar="FILE",
                     help="with --checkpoint: torch.save'd dict of prompt_embeds (+ negative_prompt_embeds)")
-    ap.add_argument("--height", type=int, default=None)
-    ap.add_argument("--width", type=int, default=None)
-    ap.add_argument("--frames", type=int, default=None)
+    for flag in ("--height", "--width", "--frames"):
+        ap.add_argument(flag, type=int, default=None,
+                        help="clip size for --checkpoint and the realistic-size models (default: theirs)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads on CPU (default 1: steadier timings on shared machines)")
@@ -570,17 +1018,29 @@ def main(argv=None):
         args.model = "wan-proxy" if weights_available("wan_proxy") else "wan-tiny"
     if args.checkpoint is None and args.model not in MODELS:
         ap.error(f"--model must be one of {', '.join(MODELS)}, got {args.model!r}")
+    if args.scale is not None and args.model not in SIZED_MODELS:
+        ap.error(f"--scale applies to the realistic-size models ({', '.join(SIZED_MODELS)}), not to {args.model}")
+    args.scale = args.scale or "full"
+    sized = [f"--{k}" for k in ("height", "width", "frames") if getattr(args, k) is not None]
+    if sized and args.checkpoint is None and args.model not in SIZED_MODELS:
+        ap.error(f"{'/'.join(sized)} apply to --checkpoint and the realistic-size models, not to {args.model}")
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
+    if args.steps is not None and args.steps < 1:
+        ap.error("--steps must be >= 1")
+    if args.sweep_points is not None and (not args.sweep or args.sweep_points < 1):
+        ap.error("--sweep-points needs --sweep and must be >= 1")
     if args.steps is None:
         args.steps = 10 if args.quick else 20
+    if args.sweep and args.quick and args.sweep_points is None:
+        args.sweep_points = 2
     if args.methods is None:
-        args.methods = QUICK_METHODS if args.quick else DEFAULT_METHODS
+        args.methods = tuple(SWEEPS) if args.sweep else QUICK_METHODS if args.quick else DEFAULT_METHODS
     else:
         args.methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if args.device == "cpu":
         torch.set_num_threads(max(1, args.threads))
-    return bench(args)
+    return sweep(args) if args.sweep else bench(args)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ blocks') ``HookRegistry`` so they coexist with diffusers' own hooks, and removin
 the model's forward exactly. The step index comes from the pipeline's own loop: from the
 pipeline's scheduler (``set_timesteps`` starts a run, ``step`` ends a step), or from diffusers'
 ``cache_context(step_index=...)`` when only the denoiser was given.
+
+Under diffusers' context parallelism the session knows the denoiser's process group (passed to the
+policy state as ``parallel``) and its block hooks sit inside diffusers' split/gather hooks; see
+lightcache.parallel.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import torch
 from torch import nn
 
 from lightcache.adapters.base import ModelAdapter
+from lightcache import parallel as _parallel
 from lightcache.memory.chunk import install_chunking, remove_chunking
-from lightcache.memory.decode import check_decode_slicing, sliced_decode
+from lightcache.memory.decode import sliced_decode
 from lightcache._live_bytes import LiveBytes
 from lightcache.memory.meter import StageTracker
 from lightcache.memory.store import DeviceStore
@@ -141,6 +146,9 @@ class Session:
         self._current_call: Optional[CallInfo] = None
         self._original_forward = None
         self._call_args = None
+        # the context-parallel group (None in one process), fixed with the hooks' order at enable()
+        self._parallel_config = getattr(denoiser, "_parallel_config", None)
+        self.parallel = _parallel.of_model(denoiser)
 
     # -- runs and steps ------------------------------------------------------------------------
 
@@ -158,6 +166,8 @@ class Session:
             self.policy_state.store = self.store
             if hasattr(self.policy_state, "engine"):
                 self.policy_state.engine = self
+            if hasattr(self.policy_state, "parallel"):
+                self.policy_state.parallel = self.parallel
         if self.last_stage != "encode":  # this pipeline call had no encode stage before denoising
             self._new_report()
         self.last_stage = "denoise"
@@ -300,6 +310,13 @@ class Session:
     # -- the denoiser call ---------------------------------------------------------------------
 
     def denoise(self, original_forward, ctx, args, kwargs):
+        if getattr(self.denoiser, "_parallel_config", None) is not self._parallel_config:
+            # diffusers' hooks would now wrap lightcache's denoiser hook (it would see sharded
+            # latents) and the ranks would decide without reducing: refuse rather than diverge
+            raise RuntimeError(
+                f"lightcache: {type(self.denoiser).__name__}.enable_parallelism() was called after "
+                "lightcache.enable(); call lightcache.enable() again after enable_parallelism()"
+            )
         call = self.call_info(ctx, args, kwargs)
         x = self.adapter.sample(args, kwargs)
         self.blocks_run = 0
@@ -414,12 +431,33 @@ def _install_hooks(session: Session) -> None:
         if not hasattr(module, "_diffusers_hook"):
             created.append(module)
         reg = registry_cls.check_if_exists_or_initialize(module)
-        hook = _DenoiserHook(session) if i == 0 else _BlockHook(session, i - 1)
-        reg.register_hook(hook, DENOISER_HOOK if i == 0 else BLOCK_HOOK)
+        if i == 0:
+            reg.register_hook(_DenoiserHook(session), DENOISER_HOOK)
+        else:
+            _register_inside_cp(reg, _BlockHook(session, i - 1), BLOCK_HOOK)
     registry_cls.check_if_exists_or_initialize(session.denoiser).invalidate_child_registries_cache()
     chunk = getattr(session.memory, "chunk_size", None)
-    session._chunked = install_chunking(session.blocks, chunk) if chunk else []
+    session._chunked = (
+        install_chunking(session.blocks, chunk, getattr(session.memory, "chunk_budget", None), model=session.denoiser)
+        if chunk
+        else []
+    )
     setattr(session.denoiser, _SESSION_ATTR, session)
+
+
+def _register_inside_cp(reg, hook, name: str) -> None:
+    """Register ``hook`` beneath diffusers' context-parallel hooks of the module: they shard the
+    block's inputs (Wan: at blocks.0), and a block hook must see and return this rank's shard. The
+    hooks from the first context-parallel one up are taken off top-down (the only removal order
+    diffusers' HookRegistry rewires correctly) and put back above ``hook`` in their order."""
+    names = list(reg.hooks)
+    first = next((k for k, n in enumerate(names) if n.startswith(_parallel.CP_HOOK_PREFIXES)), None)
+    above = [] if first is None else [(n, reg.hooks[n]) for n in names[first:]]
+    for n, _ in reversed(above):
+        reg.remove_hook(n, recurse=False)
+    reg.register_hook(hook, name)
+    for n, h in above:
+        reg.register_hook(h, n)
 
 
 def _install_pipeline_taps(sessions: List[Session], pipe) -> None:
@@ -449,11 +487,11 @@ def _install_pipeline_taps(sessions: List[Session], pipe) -> None:
 
         return step
 
-    slices = getattr(primary.memory, "decode_slices", None)
-    if slices is not None:  # inside the decode stage's meter, so its peak shows the effect
+    memory = primary.memory
+    if getattr(memory, "decode_slices", None) is not None or getattr(memory, "decode_budget", None) is not None:
+        # inside the decode stage's meter, so its peak shows the effect
         vae = getattr(pipe, "vae", None)
-        check_decode_slicing(vae)
-        _wrap_method(vae, "decode", sliced_decode(slices, primary.memory.decode_to_host), primary._wrapped)
+        _wrap_method(vae, "decode", sliced_decode(vae, memory), primary._wrapped)
     _wrap_method(scheduler, "set_timesteps", tap_set_timesteps, primary._wrapped)
     _wrap_method(scheduler, "step", tap_step, primary._wrapped)
     for session in sessions:

@@ -1,28 +1,42 @@
-"""`lightcache bench --quick` smoke test and bad input."""
+"""`lightcache bench`: quick smoke run, realistic-size configurations (tiny scale on CPU, full
+scale on the meta device), MagCache/FasterCache peers, threshold sweeps, bad input."""
 
+import importlib.util
 import json
+import math
 
 import pytest
+import torch
 
-from lightcache import bench
+from lightcache import bench, bench_models
 
 
 def test_quick_bench_writes_table_json_and_plots(tmp_path, capsys):
     result = bench.main(["--quick", "--model", "wan-tiny", "--out", str(tmp_path), "--no-progress", "--repeats", "3",
-                         "--methods", "easycache,precise-flash,easycache+mem,diffusers-fbc,deepcache,no-such-method,cache-dit"])
+                         "--methods", "easycache,precise-flash,easycache+mem,diffusers-fbc,diffusers-magcache,"
+                         "diffusers-fastercache,deepcache,no-such-method,cache-dit"])
     out = capsys.readouterr().out
-    assert "speed-up" in out and "precise-flash" in out and "random weights" in out
+    assert "speed-up" in out and "precise-flash" in out
     data = json.loads((tmp_path / "results.json").read_text())
     rows = {r["method"]: r for r in data["rows"]}
-    for name in ("none (reference)", "easycache", "precise-flash", "easycache+mem", "diffusers-fbc"):
+    for name in ("none (reference)", "easycache", "precise-flash", "easycache+mem", "diffusers-fbc", "diffusers-magcache"):
         assert rows[name]["status"] == "ok", rows[name]
         assert len(rows[name]["times"]) == 3 and rows[name]["speedup"] > 0
         assert rows[name]["psnr"] is None  # random weights: no fidelity numbers
         assert rows[name]["peak_bytes"]["denoise"] > 0  # CPU tracker
+        if name != "none (reference)":  # the table's fidelity column says why there are no numbers
+            assert f"{name} " in out and bench.RANDOM_WEIGHTS_NA in out.split(f"\n{name} ")[1].splitlines()[0]
+    assert data["fidelity"] == "n/a (random weights)"
     assert rows["precise-flash"]["reuse_ratio"] > 0
+    # MagCache ran on ratios from diffusers' own calibration run (one per step, the first is 1.0)
+    ratios = rows["diffusers-magcache"]["settings"]["mag_ratios"]
+    assert len(ratios) == data["steps"] == 10 and ratios[0] == 1.0 and all(math.isfinite(r) and r > 0 for r in ratios)
+    # WanPipeline runs cond and uncond as two batch-1 calls: FasterCache says why it does not apply
+    assert rows["diffusers-fastercache"]["status"] == (
+        "not applicable: WanPipeline called the denoiser 20 times with batch 1; diffusers FasterCache needs the "
+        "uncond and cond branches batched in one call (batch 2)")
     assert rows["deepcache"]["status"] == "does not apply to a dit model"
     assert rows["no-such-method"]["status"].startswith("unknown method")
-    import importlib.util
 
     expected = "ok" if importlib.util.find_spec("cache_dit") else "not installed (pip install cache-dit)"
     assert rows["cache-dit"]["status"] == expected
@@ -65,3 +79,156 @@ def test_checkpoint_folder_runs_and_missing_folder_is_clear(tmp_path, capsys):
     rows = {r["method"]: r for r in result["rows"]}
     assert result["random_weights"] is False and rows["precise-flash"]["status"] == "ok"
     assert rows["precise-flash"]["psnr"] is not None  # a trained checkpoint gets fidelity numbers
+
+
+# --- realistic-size configurations ----------------------------------------------------------------
+
+# Published parameter counts of the denoisers (diffusers checkpoints), in billions.
+PUBLISHED_PARAMS_B = {
+    "wan2.1-1.3b": 1.419, "wan2.1-14b": 14.288, "hunyuanvideo": 12.821, "cogvideox-5b": 5.570,
+    "ltx-video": 1.923, "svd": 1.525, "animatediff": 1.313,  # AnimateDiff: SD 1.5 UNet 0.860 + adapter 0.453
+}
+
+
+@pytest.mark.parametrize("name", sorted(bench_models.REALISTIC))
+def test_full_scale_builds_published_sizes_on_meta(name):
+    """The full-scale builders (the GPU path) assemble the pipeline with the published sizes; on
+    the meta device nothing is allocated."""
+    pipe, kw, family, desc = bench_models.build(name, "meta", 20, "full")
+    den = bench._denoiser(pipe)
+    n = sum(p.numel() for p in den.parameters()) / 1e9
+    assert n == pytest.approx(PUBLISHED_PARAMS_B[name], abs=0.0015), n
+    assert den.dtype == torch.bfloat16 and family == bench_models.REALISTIC[name].family
+    assert desc.startswith(f"random-weight {bench_models.REALISTIC[name].label} config")
+    assert kw["num_inference_steps"] == 20 and kw["output_type"] == "pt"
+
+
+def test_full_scale_is_refused_on_cpu(tmp_path):
+    for name in bench_models.REALISTIC:
+        with pytest.raises(SystemExit, match=f"--model {name} at full size .* needs a GPU: use --device cuda, or "
+                                              "--scale tiny"):
+            bench.main(["--model", name, "--device", "cpu", "--out", str(tmp_path)])
+
+
+# one of our methods per family, and FasterCache where uncond/cond are batched (CogVideoX)
+_TINY_METHODS = {"dit": "easycache", "unet": "deepcache"}
+
+
+@pytest.mark.parametrize("name", sorted(bench_models.REALISTIC))
+def test_realistic_config_runs_tiny_scale_through_the_bench(name, tmp_path, capsys):
+    family = bench_models.REALISTIC[name].family
+    methods = _TINY_METHODS[family] + (",diffusers-fastercache" if name in ("cogvideox-5b", "ltx-video") else "")
+    # 2 steps: LTX's scheduler (shift_terminal) cannot make a 1-step schedule
+    result = bench.main(["--model", name, "--scale", "tiny", "--steps", "2", "--repeats", "1", "--methods", methods,
+                         "--out", str(tmp_path), "--no-progress"])
+    out = capsys.readouterr().out
+    rows = {r["method"]: r for r in result["rows"]}
+    assert result["random_weights"] and "tiny scale" in result["model_description"]
+    assert bench.RANDOM_WEIGHTS_NA in out
+    for row in rows.values():
+        if row["status"] == "ok":
+            assert row["speedup"] > 0 and row["psnr"] is None and row["peak_bytes"]["denoise"] > 0
+    assert rows[_TINY_METHODS[family]]["status"] == "ok"
+    if name == "cogvideox-5b":  # CogVideoX batches uncond + cond: FasterCache runs
+        assert rows["diffusers-fastercache"]["status"] == "ok"
+    if name == "ltx-video":  # LTX works on packed tokens: no frame layout for FasterCache
+        assert rows["diffusers-fastercache"]["status"].startswith("not applicable: FasterCache needs the denoiser's "
+                                                                  "frame layout; LTXVideoTransformer3DModel")
+
+
+def test_scale_and_size_flags_only_for_realistic_models(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--model", "wan-tiny", "--scale", "tiny", "--out", str(tmp_path)])
+    assert "--scale applies to the realistic-size models" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--model", "wan-tiny", "--height", "64", "--out", str(tmp_path)])
+    assert "--height apply to --checkpoint and the realistic-size models" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="scale must be one of"):
+        bench_models.build("svd", "cpu", 2, scale="small")
+
+
+# --- peers ------------------------------------------------------------------------------------------
+
+
+def test_a_peer_config_that_hooks_nothing_fails_loudly():
+    """diffusers' default TaylorSeer patterns match no module of Wan (attn1/attn2): that must be an
+    error, not a silent 1.0x row; the bench's own patterns hook every block's attentions and FFN."""
+    from diffusers import TaylorSeerCacheConfig
+
+    model = bench._wan_tiny("cpu", 2)
+    enable, disable = bench._diffusers_peer(lambda m, steps: TaylorSeerCacheConfig())
+    with pytest.raises(RuntimeError, match="TaylorSeerCacheConfig hooked no module of WanTransformer3DModel"):
+        enable(model, 2)
+    assert not model.pipe.transformer.is_cache_enabled
+    method = bench.make_method("diffusers-taylorseer")
+    method.enable(model, 2)
+    try:
+        assert bench._hooked_modules(model.pipe.transformer) == 4 * 3  # 4 blocks x (attn1, attn2, ffn)
+    finally:
+        method.disable(model)
+
+
+# --- sweeps -----------------------------------------------------------------------------------------
+
+
+def test_matched_comparison_against_hand_computed_values():
+    ours = [(1.0, 40.0), (2.0, 30.0), (3.0, 20.0), (1.5, 20.0)]  # (1.5, 20) is dominated by (2, 30)
+    assert bench.pareto_front(ours) == [(1.0, 40.0), (2.0, 30.0), (3.0, 20.0)]
+    front = bench.pareto_front(ours)
+    assert bench.psnr_at(front, 1.5) == pytest.approx(35.0)
+    assert bench.psnr_at(front, 0.8) == 40.0  # reached faster
+    assert bench.psnr_at(front, 3.1) is None
+    peer = [(1.2, 33.0), (2.5, 22.0), (1.1, math.inf)]  # identical output: left out
+    c = bench.matched_comparison(ours, peer)
+    # speed-ups: ours' 1.0, 2.0 and the peer's 1.2, 2.5 (up to min(3.0, 2.5))
+    assert [m["speedup"] for m in c["matched"]] == [1.0, 1.2, 2.0, 2.5]
+    expected = [40 - 33, 38 - 33, 30 - (33 + (22 - 33) * 0.8 / 1.3), 25 - 22]
+    assert [m["margin_db"] for m in c["matched"]] == pytest.approx(expected)
+    assert c["min_margin_db"] == pytest.approx(min(expected)) and c["ours_better_at_all"] is True
+    assert bench.matched_comparison(ours, [(1.0, math.inf)])["matched"] == []
+
+
+def test_sweep_grid_picks_spread_settings():
+    assert bench._grid((0.1, 0.2, 0.3, 0.5, 0.8), 2) == (0.1, 0.8)
+    assert bench._grid((0.1, 0.2, 0.3, 0.5, 0.8), 3) == (0.1, 0.3, 0.8)
+    assert bench._grid((2, 3, 4), None) == (2, 3, 4)
+
+
+def test_sweep_on_the_proxy_writes_matched_speedup_comparisons(tmp_path, capsys):
+    from lightcache.proxy import load
+
+    if not load.weights_available("wan_proxy"):
+        pytest.skip("the trained Wan proxy is not installed")
+    result = bench.main(["--sweep", "--model", "wan-proxy", "--sweep-points", "2", "--steps", "6", "--repeats", "1",
+                         "--methods", "easycache,precise-base,diffusers-fbc,diffusers-magcache", "--out", str(tmp_path),
+                         "--no-progress"])
+    out = capsys.readouterr().out
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["mode"] == "sweep" and set(data["sweep"]) == {"easycache", "precise-base", "diffusers-fbc",
+                                                               "diffusers-magcache"}
+    for name, s in data["sweep"].items():
+        assert [p["value"] for p in s["points"]] == list(bench._grid(bench.SWEEPS[name][1], 2))
+        for p in s["points"]:
+            assert p["status"] == "ok" and p["speedup"] > 0 and p["psnr"] is not None
+    assert set(data["comparison"]) == {"diffusers-fbc", "diffusers-magcache"}
+    for peer, c in data["comparison"].items():
+        assert c["ours"] == "best of easycache, precise-base"
+        assert set(c["by_method"]) == {"easycache", "precise-base"}
+        for m in c["matched"]:  # every matched point is ours minus the peer at one speed-up
+            assert m["margin_db"] == pytest.approx(m["ours_psnr"] - m["peer_psnr"])
+        ours_pts = [(p["speedup"], p["psnr"]) for n in ("easycache", "precise-base") for p in data["sweep"][n]["points"]]
+        peer_pts = [(p["speedup"], p["psnr"]) for p in data["sweep"][peer]["points"]]
+        assert c["matched"] == bench.matched_comparison(ours_pts, peer_pts)["matched"]
+    assert data["target"]["psnr_floor_db"] == 30.0 and data["target"]["speedup_goal"] == 2.5
+    assert "PSNR at matched speed-up" in out and (tmp_path / "sweep.png").stat().st_size > 0
+    assert result["comparison"] == data["comparison"]
+
+
+def test_sweep_refuses_random_weights_and_unsweepable_methods(tmp_path):
+    with pytest.raises(SystemExit, match="meaningless"):
+        bench.main(["--sweep", "--model", "wan-tiny", "--out", str(tmp_path)])
+    from lightcache.proxy import load
+
+    if load.weights_available("wan_proxy"):
+        with pytest.raises(SystemExit, match="cannot be swept; sweepable: easycache"):
+            bench.main(["--sweep", "--model", "wan-proxy", "--methods", "easycache+mem", "--out", str(tmp_path)])

@@ -27,12 +27,28 @@ class MemoryPlan:
     host_cache_budget: bytes of pinned host memory the swapped cache may take, or None.
     pinned: "prefer" (pageable memory with a warning when page-locked memory is refused),
         "require" (an error instead), or "off".
-    chunk_size: rows per chunk for the token-wise feed-forward layers (exact; see
-        lightcache.memory.chunk), or None for no chunking.
-    decode_slices: decode the latent video this many frames at a time (exact for per-frame VAEs;
-        see lightcache.memory.decode), or None.
+    chunk_size: Feature chunk (exact; see lightcache.memory.chunk), in rows (tokens) per chunk:
+        feed-forward layers over token chunks, attention over query chunks (keys/values whole),
+        and in video UNets resnets/transformer blocks over whole frames (spatial) or pixels
+        (temporal), as many as fit the rows, at least one. "auto": sized at each call from
+        chunk_budget. None: off.
+    chunk_budget: with chunk_size="auto", bytes the widest chunked intermediate of each chunked
+        operation may take (a FeedForward's hidden rows, a query chunk's attention scores, a UNet
+        piece's feature map); a budget below one row (one frame or pixel for UNet modules) raises
+        ValueError naming the minimum.
+    decode_slices: decode the latent video in slices of this many (latent) frames, or None. What
+        a slice is per VAE, and where it is exact (AutoencoderKL, Wan, CogVideoX, LTX with its
+        default overlap) or not (HunyuanVideo, SVD), is in lightcache.memory.decode.
+    decode_budget: bytes the decode stage may allocate on the device (activations, causal caches,
+        and the output unless decode_to_host moves it): the largest slice, and only if even the
+        smallest slice does not fit, the largest spatial tile (the VAE's own tiling) whose dry-run
+        byte count fits; decoding raises ValueError naming the minimum when nothing fits. Exclusive
+        with decode_slices.
+    decode_overlap: latent frames of temporal context per slice for the VAEs that need it:
+        HunyuanVideo's tile overlap (default: the VAE's own) and LTX's margin on each side
+        (default: the decoder's receptive field, exact); None for the defaults.
     decode_to_host: write decoded frames to host memory as each slice finishes (the pipeline's
-        video then comes back on the CPU).
+        video then comes back on the CPU); needs decode_slices or decode_budget.
     cpu_tracker: on CPU, meter each stage's peak with the deterministic live-tensor tracker
         (report.peak_bytes); slower, meant for tests and measurements. On CUDA the allocator's
         peaks are always reported.
@@ -43,8 +59,11 @@ class MemoryPlan:
     cache_dtype: Optional[str] = None
     host_cache_budget: Optional[int] = None
     pinned: str = "prefer"
-    chunk_size: Optional[int] = None
+    chunk_size: Optional[Union[int, str]] = None
+    chunk_budget: Optional[int] = None
     decode_slices: Optional[int] = None
+    decode_budget: Optional[int] = None
+    decode_overlap: Optional[int] = None
     decode_to_host: bool = False
     cpu_tracker: bool = False
 
@@ -61,15 +80,31 @@ class MemoryPlan:
         if self.cache_dtype not in _CACHE_DTYPES:
             raise ValueError(f"MemoryPlan.cache_dtype must be one of None, 'bf16', 'fp8', got {self.cache_dtype!r}")
         c = self.chunk_size
-        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
-            raise ValueError(f"MemoryPlan.chunk_size must be None or an int >= 1 (rows), got {c!r}")
+        if c is not None and c != "auto" and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
+            raise ValueError(f"MemoryPlan.chunk_size must be None, 'auto' or an int >= 1 (rows), got {c!r}")
+        b = self.chunk_budget
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+            raise ValueError(f"MemoryPlan.chunk_budget must be None or an int >= 1 (bytes), got {b!r}")
+        if (c == "auto") != (b is not None):
+            raise ValueError(
+                "MemoryPlan.chunk_budget goes with chunk_size='auto' (the chunk is sized from the budget) and only "
+                f"with it; got chunk_size={c!r}, chunk_budget={b!r}"
+            )
         d = self.decode_slices
         if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
             raise ValueError(f"MemoryPlan.decode_slices must be None or an int >= 1 (frames), got {d!r}")
         if not isinstance(self.decode_to_host, bool):
             raise TypeError(f"MemoryPlan.decode_to_host must be a bool, got {type(self.decode_to_host).__name__}")
-        if self.decode_to_host and d is None:
-            raise ValueError("MemoryPlan.decode_to_host needs decode_slices (the frames leave per slice)")
+        for name, low, unit in (("decode_budget", 1, "bytes"), ("decode_overlap", 0, "latent frames")):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+                raise ValueError(f"MemoryPlan.{name} must be None or an int >= {low} ({unit}), got {v!r}")
+        if d is not None and self.decode_budget is not None:
+            raise ValueError("MemoryPlan: give decode_slices or decode_budget, not both")
+        if self.decode_to_host and d is None and self.decode_budget is None:
+            raise ValueError("MemoryPlan.decode_to_host needs decode_slices or decode_budget (frames leave per slice)")
+        if self.decode_overlap is not None and d is None and self.decode_budget is None:
+            raise ValueError("MemoryPlan.decode_overlap needs decode_slices or decode_budget")
         if not isinstance(self.cpu_tracker, bool):
             raise TypeError(f"MemoryPlan.cpu_tracker must be a bool, got {type(self.cpu_tracker).__name__}")
         if self.pinned not in ("prefer", "require", "off"):

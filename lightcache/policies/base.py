@@ -8,16 +8,23 @@ DeepCache) also decides per block. Per-run state lives in an object the policy c
 Cached tensors are never held by a policy directly: it puts them in the :class:`FeatureStore` it
 is handed (``state.store``), which is where the memory plan decides where they live (device, or
 swapped to the pinned host ring).
+
+Under diffusers' context parallelism (``state.parallel``, set by the engine; None in one process) a
+policy computes each metric as partial sums over this rank's part and reduces the sums of one
+decision together (:func:`global_means`, :func:`reduce_sums`): every rank then decides alike (see
+lightcache.parallel).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+
+from lightcache.parallel import partial_sums
 
 
 @dataclass(frozen=True)
@@ -101,3 +108,60 @@ def mean_abs_diff(a: Tensor, b: Tensor) -> Tensor:
 def mean_abs(t: Tensor) -> Tensor:
     """mean|t| as an fp32 0-d device tensor (second output of the fused op, with a = b = t)."""
     return torch.ops.lightcache.rel_l1(t, t)[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics under context parallelism (lightcache.parallel): partial sums, one reduction per decision
+# ---------------------------------------------------------------------------------------------
+
+
+def reduce_sums(parallel, sums: Tensor) -> Tensor:
+    """This rank's partial sums of one decision summed over the context-parallel group (one
+    all-reduce); unchanged without a group (``parallel`` None)."""
+    return sums if parallel is None else parallel.all_reduce_sums(sums)
+
+
+def part_mean_abs_diff(parallel, a: Tensor, b: Tensor) -> Tuple[Tensor, int, int]:
+    """(mean|a − b| over this rank's part as an fp32 0-d tensor, elements in the part, elements in
+    all) for ``a``, ``b`` whole on every rank. Without a group the part is everything, so the mean
+    is :func:`mean_abs_diff` itself."""
+    total = a.numel()
+    if parallel is not None:
+        a, b = parallel.shard(a), parallel.shard(b)
+    n = a.numel()
+    if n == 0:  # a rank whose part is empty contributes nothing (the op's mean would be 0/0)
+        return torch.zeros((), dtype=torch.float32, device=a.device), 0, total
+    return mean_abs_diff(a, b), n, total
+
+
+def part_mean_abs(parallel, t: Tensor) -> Tuple[Tensor, int, int]:
+    """(mean|t| over this rank's part, elements in the part, elements in all) for ``t`` whole on
+    every rank; without a group :func:`mean_abs` itself."""
+    total = t.numel()
+    if parallel is not None:
+        t = parallel.shard(t)
+    n = t.numel()
+    if n == 0:
+        return torch.zeros((), dtype=torch.float32, device=t.device), 0, total
+    return mean_abs(t), n, total
+
+
+def global_means(parallel, means: Sequence[Tensor], counts: Sequence[int], totals: Optional[Sequence[int]] = None) -> Tensor:
+    """Means over whole tensors from this rank's means over its parts (``counts`` elements each).
+
+    ``totals``: the elements of each whole tensor when every rank knows them (replicated tensors);
+    None for sharded tensors, whose counts are then reduced in the same all-reduce as the sums.
+    One all-reduce in all; without a group the means are returned stacked and untouched (they are
+    already over the whole tensors), so single-process results are bit-identical to plain means."""
+    means = torch.stack([m.reshape(()).float() for m in means])
+    if parallel is None:
+        return means
+    counts_t = torch.tensor(list(counts), dtype=torch.float64, device=means.device)
+    sums = partial_sums(means, counts_t)
+    if totals is None:
+        reduced = reduce_sums(parallel, torch.cat([sums, counts_t]))
+        sums, totals_t = reduced[: len(counts)], reduced[len(counts):]
+    else:
+        sums = reduce_sums(parallel, sums)
+        totals_t = torch.tensor(list(totals), dtype=torch.float64, device=means.device)
+    return (sums / totals_t).float()

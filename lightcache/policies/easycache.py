@@ -12,6 +12,11 @@ joint call) decides; the other branch follows that decision with its own Δ.
 Choices where the method leaves room: means are over all elements of the batch (one decision per
 call, as the issue asks); for image-conditioned models whose input has more channels than the
 output (Wan I2V), x is the input's first ``out_channels`` channels (the noisy latent).
+
+Under context parallelism (lightcache.parallel) the means are over the whole latents (which every
+rank holds), summed from each rank's part: the rate terms of a full compute wait as partial means
+(``pending``) and are reduced together with the next decision's mean|x_t − x_{t−1}|, so a
+decision costs one all-reduce. Without a group the same values are plain means, computed as before.
 """
 
 from __future__ import annotations
@@ -22,7 +27,15 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from lightcache.policies.base import CachePolicy, CallInfo, check_float, check_int, mean_abs, mean_abs_diff
+from lightcache.policies.base import (
+    CachePolicy,
+    CallInfo,
+    check_float,
+    check_int,
+    global_means,
+    part_mean_abs,
+    part_mean_abs_diff,
+)
 
 
 def latent_part(x: Tensor, out: Tensor) -> Tensor:
@@ -45,6 +58,10 @@ class EasyCacheState:
     last_out_mean: Optional[Tensor] = None  # mean|v_i|
     decisions: dict = field(default_factory=dict)  # step -> computed?
     epsilons: dict = field(default_factory=dict)  # step -> ε_t (0-d device tensor)
+    parallel: object = None  # lightcache.parallel.ContextParallel (set by the engine), None in one process
+    # (means, counts, totals) over this rank's parts of mean|v_i − v_i'|, mean|x_i − x_i'|, mean|v_i|
+    # of the last full compute: turned into rate and last_out_mean at the next decision
+    pending: Optional[tuple] = None
 
 
 @dataclass(frozen=True)
@@ -78,10 +95,19 @@ class EasyCache(CachePolicy):
         if not call.leader:
             return state.decisions.get(call.step, True)
         compute = True
-        forced = call.step < self.warmup_steps or call.is_last_step or state.rate is None or state.prev_x is None
+        has_rate = state.rate is not None or state.pending is not None
+        forced = call.step < self.warmup_steps or call.is_last_step or not has_rate or state.prev_x is None
         if not forced:
             x_lat = x[:, : state.last_channels]
-            eps = state.rate * mean_abs_diff(x_lat, state.prev_x) / state.last_out_mean
+            mean, count, total = part_mean_abs_diff(state.parallel, x_lat, state.prev_x)
+            means, counts, totals = ([], [], []) if state.pending is None else state.pending
+            g = global_means(state.parallel, list(means) + [mean], list(counts) + [count], list(totals) + [total])
+            if state.pending is not None:
+                dv, dx, state.last_out_mean = g[0], g[1], g[2]
+                # identical inputs give an infinite rate: every later step is computed
+                state.rate = torch.where(dx > 0, dv / dx, torch.full_like(dv, float("inf")))
+                state.pending = None
+            eps = state.rate * g[-1] / state.last_out_mean
             state.accumulated = eps if state.accumulated is None else state.accumulated + eps
             compute = bool(state.accumulated >= self.threshold)  # the call's one host sync
             state.epsilons[call.step] = eps  # a device tensor: reading it later costs no sync now
@@ -97,16 +123,17 @@ class EasyCache(CachePolicy):
             return
         # x_i and v_i are only needed at the next full compute (for k): they live in the store,
         # so with swapping they wait on the host
-        if state.has_last:
-            dx = mean_abs_diff(x_lat, state.store.load(("rate", "x")))
-            dv = mean_abs_diff(out, state.store.load(("rate", "v")))
-            # identical inputs give an infinite rate: every later step is computed
-            state.rate = torch.where(dx > 0, dv / dx, torch.full_like(dv, float("inf")))
+        if state.has_last:  # k needs two full computes; k and mean|v_i| are formed at the next decision
+            parts = (
+                part_mean_abs_diff(state.parallel, out, state.store.load(("rate", "v"))),
+                part_mean_abs_diff(state.parallel, x_lat, state.store.load(("rate", "x"))),
+                part_mean_abs(state.parallel, out),
+            )
+            state.pending = tuple(zip(*parts))  # (means, counts, totals)
         state.store.put(("rate", "x"), x_lat)
         state.store.put(("rate", "v"), out)
         state.has_last = True
         state.last_channels = out.shape[1]
-        state.last_out_mean = mean_abs(out)
 
     def after_call(self, state: EasyCacheState, call: CallInfo, x: Tensor) -> None:
         if call.leader:

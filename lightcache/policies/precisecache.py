@@ -22,6 +22,11 @@ Choices the paper leaves open, each a parameter:
     channels and frames and the batch; no normalisation by the signal's size (α is a ratio).
   * block ranking uses mean|D_j| over the whole batch, cond and uncond ranked separately.
 Modes: base α = 0.5, turbo α = 0.7 (LFCache only); flash = turbo + BlockCache (40 %, L = 3).
+
+Under context parallelism (lightcache.parallel) s_t is summed from each rank's frames (energies add
+over frames) and mean|D_j| from each rank's shard of the sequence (sums and element counts); one
+all-reduce per decision carries the step's s_t and every block ranking queued since the last one,
+so every rank reuses the same steps and the same blocks.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightcache.policies.base import CachePolicy, CallInfo, check_float, check_int
+from lightcache.parallel import partial_sums
+from lightcache.policies.base import CachePolicy, CallInfo, check_float, check_int, reduce_sums
 
 _MODES = {
     "base": dict(alpha=0.5, block_ratio=None),
@@ -56,8 +62,10 @@ class PreciseCacheState:
     computed_count: dict = field(default_factory=dict)  # branch -> computed calls so far
     pivotal: dict = field(default_factory=dict)  # branch -> set of pivotal block indices
     refreshing: dict = field(default_factory=dict)  # branch -> this call runs every block
-    block_scores: dict = field(default_factory=dict)  # (branch, j) -> mean|D_j| (device)
-    pending_rank: dict = field(default_factory=dict)  # branch -> (block indices, scores) not yet read
+    # (branch, j) -> (mean|D_j| per stream over this rank's tokens (device), their element counts)
+    block_scores: dict = field(default_factory=dict)
+    pending_rank: dict = field(default_factory=dict)  # branch -> (block indices, (J, S) means, counts) not yet read
+    parallel: object = None  # lightcache.parallel.ContextParallel (set by the engine), None in one process
 
 
 @dataclass(frozen=True)
@@ -128,14 +136,7 @@ class PreciseCache(CachePolicy):
         f = self._signal_input(state, x) if needs_signal else None
         compute = True
         if not warm and state.prev_signal_input is not None:
-            lfd = torch.ops.lightcache.lowfreq_energy(f, state.prev_signal_input, self.radius_ratio).reshape(1)
-            pending = state.pending_rank.pop(call.branch, None)
-            if pending is None:
-                s = float(lfd)  # the call's one host sync
-            else:  # fold the last refresh's block ranking into the same sync
-                values = torch.cat([lfd, pending[1].to(lfd.device)]).tolist()
-                s = values[0]
-                self._apply_rank(state, call.branch, pending[0], values[1:])
+            s = self._resolve(state, self._local_energy(state, f))  # the call's one host sync
             state.signals[call.step] = s
             state.max_signal = max(state.max_signal, s)
             state.accumulated += s
@@ -147,6 +148,52 @@ class PreciseCache(CachePolicy):
         state.prev_signal_input = None if f is None else f.detach()
         state.decisions[call.step] = compute
         return compute
+
+    def _local_energy(self, state: PreciseCacheState, f: Tensor) -> Tensor:
+        """s_t (one process), or this rank's share of s_t² (its frames' low-frequency energy)."""
+        prev, par = state.prev_signal_input, state.parallel
+        if par is None:
+            return torch.ops.lightcache.lowfreq_energy(f, prev, self.radius_ratio)
+        f, prev = par.frame_shard(f), par.frame_shard(prev)
+        if f.numel() == 0:
+            return torch.zeros((), dtype=torch.float32, device=f.device)
+        return torch.ops.lightcache.lowfreq_energy(f, prev, self.radius_ratio).square()
+
+    def _resolve(self, state: PreciseCacheState, signal: Optional[Tensor] = None) -> Optional[float]:
+        """One host sync (and, under context parallelism, one all-reduce) for the step's signal
+        (from :meth:`_local_energy`, or None) and every block ranking queued so far; applies the
+        rankings and returns s_t (None without a signal)."""
+        pending = list(state.pending_rank.items())
+        if signal is None and not pending:
+            return None
+        state.pending_rank.clear()
+        par = state.parallel
+        if par is None:
+            parts = [] if signal is None else [signal.reshape(1)]
+            parts += [means.sum(dim=1) for _, (_, means, _) in pending]
+            values = torch.cat(parts).tolist() if parts else []
+        else:
+            device = (signal if signal is not None else pending[0][1][1]).device
+            sums = [] if signal is None else [signal.reshape(1).double()]
+            counts = [torch.tensor(c, dtype=torch.float64, device=device).reshape(-1) for _, (_, _, c) in pending]
+            sums += [partial_sums(m.reshape(-1).to(device), c) for (_, (_, m, _)), c in zip(pending, counts)]
+            reduced = reduce_sums(par, torch.cat(sums + counts)).tolist()
+            values = []
+            if signal is not None:
+                values.append(math.sqrt(reduced.pop(0)))
+            n_sums = sum(c.numel() for c in counts)
+            red_sums, red_counts = reduced[:n_sums], reduced[n_sums:]
+            at = 0
+            for _, (indices, means, _) in pending:
+                streams = means.shape[1]
+                for _ in indices:  # mean|D_j| summed over the block's streams
+                    values.append(sum(red_sums[at + k] / red_counts[at + k] for k in range(streams)))
+                    at += streams
+        s = values.pop(0) if signal is not None else None
+        for branch, (indices, _, _) in pending:
+            self._apply_rank(state, branch, indices, values[: len(indices)])
+            values = values[len(indices):]
+        return s
 
     def after_compute(self, state: PreciseCacheState, call: CallInfo, x: Tensor, out: Tensor) -> None:
         state.store.put((call.branch, "pred"), out)
@@ -185,7 +232,8 @@ class PreciseCache(CachePolicy):
         for s, r in enumerate(residuals):
             state.store.put((call.branch, "block", index, s), r)
         if state.refreshing.get(call.branch, True):  # device tensors; ranked after the last block
-            state.block_scores[(call.branch, index)] = sum(r.abs().float().mean() for r in residuals)
+            means = torch.stack([r.abs().float().mean() for r in residuals])
+            state.block_scores[(call.branch, index)] = (means, [r.numel() for r in residuals])
             if index == state.engine.report.num_blocks - 1:
                 self._rank(state, call.branch)
         return out
@@ -204,13 +252,16 @@ class PreciseCache(CachePolicy):
     def _rank(self, state: PreciseCacheState, branch: str) -> None:
         """Queue the ranking of a refresh call (device tensors); materialised on first use."""
         items = [(j, v) for (b, j), v in state.block_scores.items() if b == branch]
-        state.pending_rank[branch] = ([j for j, _ in items], torch.stack([v for _, v in items]))
+        state.pending_rank[branch] = (
+            [j for j, _ in items],
+            torch.stack([means for _, (means, _) in items]),  # (blocks, streams)
+            [counts for _, (_, counts) in items],
+        )
         state.block_scores = {k: v for k, v in state.block_scores.items() if k[0] != branch}
 
     def _pivotal(self, state: PreciseCacheState, branch: str):
-        pending = state.pending_rank.pop(branch, None)
-        if pending is not None:
-            self._apply_rank(state, branch, pending[0], pending[1].tolist())  # one host sync
+        if branch in state.pending_rank:
+            self._resolve(state)  # one host sync for every queued ranking
         return state.pivotal.get(branch, ())
 
     def _apply_rank(self, state: PreciseCacheState, branch: str, indices, values) -> None:

@@ -1,0 +1,120 @@
+"""Feature chunk, attention part: exact attention over query chunks with full keys and values.
+
+Every attention processor of the adapted models ends in ``torch.nn.functional.
+scaled_dot_product_attention``: directly (``AttnProcessor2_0``, CogVideoX, EasyAnimate) or through
+diffusers' ``dispatch_attention_fn`` with its native backends (Wan, HunyuanVideo, LTX). Inside a
+chunked block, :class:`QueryChunkedSDPA` (a ``TorchFunctionMode``) catches those calls and runs the
+same function, with the same arguments and so the same backend choice, over slices of the
+queries; keys and values stay whole, and the mask is sliced along its query (and batch) dimension
+where it is not broadcast. Each query row's softmax runs over all keys either way, so the result
+is the unchunked one up to the backend's own rounding. What it bounds: the (batch, heads, Lq, Lk)
+score matrix of backends that materialise it (the math backend); fused kernels (flash,
+memory-efficient, cuDNN, CPU flash) never hold it and just run in a few more calls. Attention
+backends that bypass torch's SDPA (flash-attn, sage, xformers packages) are not touched: they
+never materialise the scores either.
+
+A piece is a run of query rows: ``rows`` = batch items × query positions ≤ the chunk (one batch
+item's queries are split when they alone exceed it), so the scores of one piece take at most
+``chunk × heads × Lk`` elements.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+_SDPA = F.scaled_dot_product_attention
+
+
+def sdpa_row_bytes(query: torch.Tensor, key: torch.Tensor) -> int:
+    """Bytes of one query row's scores (all heads, all keys): the per-row cost of the widest
+    intermediate of a materialising backend; half-precision inputs count 4 bytes per score, as a
+    backend may run the softmax in float32."""
+    heads = 1
+    for s in query.shape[1:-2]:
+        heads *= s
+    elem = max(query.element_size(), 4) if query.dtype in (torch.float16, torch.bfloat16) else query.element_size()
+    return heads * key.shape[-2] * elem
+
+
+def _bind(args, kwargs):
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    bound = dict(zip(names, args))
+    for k, v in kwargs.items():
+        if k in bound:
+            raise TypeError(f"scaled_dot_product_attention got multiple values for argument {k!r}")
+        bound[k] = v
+    return bound
+
+
+def _slice_mask(mask, q_ndim, b0, b1, q0, q1):
+    """The mask rows of batch items [b0, b1) and queries [q0, q1) (broadcast dimensions kept)."""
+    if mask is None:
+        return None
+    idx = [slice(None)] * mask.dim()
+    lead = mask.dim() - q_ndim  # the mask broadcasts from the right against (batch, ..., Lq, Lk)
+    if lead >= 0 and mask.shape[lead] != 1:
+        idx[lead] = slice(b0, b1)
+    if mask.dim() >= 2 and mask.shape[-2] != 1:
+        idx[-2] = slice(q0, q1)
+    return mask[tuple(idx)]
+
+
+def _slice_batch(t, n, b0, b1):
+    return t[b0:b1] if t.dim() >= 3 and t.shape[0] == n else t
+
+
+class QueryChunkedSDPA(TorchFunctionMode):
+    """Runs ``F.scaled_dot_product_attention`` over query pieces of at most ``rows_for(q, k)`` rows.
+
+    ``rows_for(query, key) -> int`` gives the chunk (query rows per piece) for one call: a fixed
+    chunk size, or one derived from a byte budget and :func:`sdpa_row_bytes`."""
+
+    def __init__(self, rows_for):
+        super().__init__()
+        self.rows_for = rows_for
+        self.calls = 0  # SDPA calls that were split (for tests and reports)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not _SDPA:
+            return func(*args, **kwargs)
+        a = _bind(args, kwargs)
+        q, k, v = a["query"], a["key"], a["value"]
+        if q.dim() < 3:
+            return func(*args, **kwargs)
+        n, lq = q.shape[0], q.shape[-2]
+        chunk = self.rows_for(q, k)
+        if n * lq <= chunk:
+            return func(*args, **kwargs)
+        if a.get("dropout_p", 0.0):
+            # chunking would change which elements the dropout RNG drops
+            raise ValueError("MemoryPlan.chunk_size: cannot chunk attention with dropout_p > 0; call .eval() first")
+        if a.get("is_causal", False):
+            # the causal diagonal of a query chunk is offset; the adapted video models never ask for it
+            raise ValueError("MemoryPlan.chunk_size: causal attention (is_causal=True) cannot be query-chunked")
+        self.calls += 1
+        mask = a.get("attn_mask")
+        rest = {key: val for key, val in a.items() if key not in ("query", "key", "value", "attn_mask")}
+        out_shape = (*q.shape[:-1], v.shape[-1])
+        if q.dim() == 4:
+            # (N, Lq, H, Dv) storage seen as (N, H, Lq, Dv): the layout the fused kernels return, so
+            # the processors' transpose + reshape stays a view as it is unchunked
+            out = q.new_empty((n, lq, q.shape[1], v.shape[-1])).transpose(1, 2)
+        else:
+            out = q.new_empty(out_shape)
+        if lq >= chunk:  # one batch item at a time, its queries split
+            pieces = ((b, b + 1, s, min(s + chunk, lq)) for b in range(n) for s in range(0, lq, chunk))
+        else:  # whole batch items, as many as fit
+            per = max(1, chunk // lq)
+            pieces = ((b, min(b + per, n), 0, lq) for b in range(0, n, per))
+        for b0, b1, q0, q1 in pieces:
+            out[b0:b1, ..., q0:q1, :] = func(
+                q[b0:b1, ..., q0:q1, :],
+                _slice_batch(k, n, b0, b1),
+                _slice_batch(v, n, b0, b1),
+                attn_mask=_slice_mask(mask, q.dim(), b0, b1, q0, q1),
+                **rest,
+            )
+        return out
