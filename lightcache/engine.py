@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from typing import Any, List, Optional
 
 import torch
@@ -146,6 +147,8 @@ class Session:
         self._current_call: Optional[CallInfo] = None
         self._original_forward = None
         self._call_args = None
+        self._fit_warned = False  # MemoryPlan.fit_bytes exceeded in this call (warned once)
+        self._run_base_bytes = 0  # device bytes allocated when the call started (CUDA)
         # the context-parallel group (None in one process), fixed with the hooks' order at enable()
         self._parallel_config = getattr(denoiser, "_parallel_config", None)
         self.parallel = _parallel.of_model(denoiser)
@@ -203,6 +206,26 @@ class Session:
         """A new pipeline call: fresh report and a fresh CPU byte count for its stages."""
         self.report.reset()
         self.run_bytes = None
+        self._fit_warned = False
+        # MemoryPlan.fit_bytes counts what a call allocates beyond what it starts with (CUDA peaks
+        # are absolute; the CPU tracker's are already relative to the call)
+        self._run_base_bytes = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
+
+    def _check_fit(self, stage: str, peak: Optional[int]) -> None:
+        """Warn once per pipeline call when a stage's working memory exceeded MemoryPlan.fit_bytes."""
+        budget = getattr(self.memory, "fit_bytes", None)
+        if budget is None or peak is None or self._fit_warned:
+            return
+        used = peak - self._run_base_bytes
+        if used > budget:
+            self._fit_warned = True
+            warnings.warn(
+                f"lightcache: the {stage} stage used {used} bytes of working memory, {used - budget} over "
+                f"MemoryPlan.fit_bytes={budget} (what no strategy splits, the latents, hidden states and "
+                "attention keys/values, did not fit in the rest)",
+                ResourceWarning,
+                stacklevel=3,
+            )
 
     def stage(self, name: str, fn, args, kwargs):
         """Run one invocation of the encode or decode stage, timed and (CUDA) peak-measured."""
@@ -213,6 +236,7 @@ class Session:
             out = fn(*args, **kwargs)
         self.report.add_stage(name, clock.seconds, clock.peak)
         self.report.sample(name, clock, self.store)
+        self._check_fit(name, clock.peak)
         return out
 
     def _step_from_timestep(self, name, args, kwargs) -> None:
@@ -347,6 +371,7 @@ class Session:
         clock.__exit__(None, None, None)
         self.report.record(call, computed=compute, blocks_computed=self.blocks_run, seconds=clock.seconds, peak=clock.peak)
         self.report.sample("denoise", clock, self.store)
+        self._check_fit("denoise", clock.peak)
         return out
 
 

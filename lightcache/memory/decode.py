@@ -802,7 +802,14 @@ class _Decoder:
                bool(getattr(self.vae, "use_tiling", False)),
                tuple(sorted((k, tuple(v.shape) if isinstance(v, torch.Tensor) else v) for k, v in extra.items())))
         if key not in self.plans:
-            self.plans[key] = self.plan(original, z, extra)
+            plan = self.plans[key] = self.plan(original, z, extra)
+            if plan.tile is not None:  # chosen by the budget: say so, the result changes
+                warnings.warn(
+                    f"lightcache: MemoryPlan.decode_budget={self.memory.decode_budget} bytes needs spatial tiles "
+                    f"({plan.tile}) for {type(self.vae).__name__}; tiled decoding blends tile borders and is not "
+                    "exact (raise the budget for an exact sliced decode)",
+                    stacklevel=4,
+                )
         return self.plans[key]
 
     def __call__(self, original, z, extra) -> torch.Tensor:

@@ -48,7 +48,17 @@ class MemoryPlan:
         HunyuanVideo's tile overlap (default: the VAE's own) and LTX's margin on each side
         (default: the decoder's receptive field, exact); None for the defaults.
     decode_to_host: write decoded frames to host memory as each slice finishes (the pipeline's
-        video then comes back on the CPU); needs decode_slices or decode_budget.
+        video then comes back on the CPU); needs decode_slices or decode_budget. None (default):
+        True with fit_bytes, else False.
+    fit_bytes: "fit in N bytes": the working device memory a pipeline call may use beyond what is
+        allocated when it starts (weights, inputs). Every budget left unset is derived from it:
+        device_cache_budget = N/4, chunk_size="auto" with chunk_budget = N/8, decode_budget = 3N/4
+        (the stages run one after another; the cache budget stays reserved) with decode_to_host (the decoded video does not stay on the device). Cached features,
+        chunked intermediates and the decoder are then bounded; what no strategy can split (the
+        latents, the hidden state and attention's keys/values) must fit in the rest. Where a budget
+        is below what one block, feature or frame needs, the error names the minimum; after a
+        call whose stage peak exceeded N (CUDA allocator; on CPU with cpu_tracker) a
+        ResourceWarning says by how much.
     cpu_tracker: on CPU, meter each stage's peak with the deterministic live-tensor tracker
         (report.peak_bytes); slower, meant for tests and measurements. On CUDA the allocator's
         peaks are always reported.
@@ -64,10 +74,12 @@ class MemoryPlan:
     decode_slices: Optional[int] = None
     decode_budget: Optional[int] = None
     decode_overlap: Optional[int] = None
-    decode_to_host: bool = False
+    decode_to_host: Optional[bool] = None
     cpu_tracker: bool = False
+    fit_bytes: Optional[int] = None
 
     def __post_init__(self):
+        self._derive_from_fit_bytes()
         swap = self.swap
         if isinstance(swap, bool):
             object.__setattr__(self, "swap", "on" if swap else "off")
@@ -109,6 +121,25 @@ class MemoryPlan:
             raise TypeError(f"MemoryPlan.cpu_tracker must be a bool, got {type(self.cpu_tracker).__name__}")
         if self.pinned not in ("prefer", "require", "off"):
             raise ValueError(f"MemoryPlan.pinned must be 'prefer', 'require' or 'off', got {self.pinned!r}")
+
+    def _derive_from_fit_bytes(self) -> None:
+        n = self.fit_bytes
+        if n is None:
+            if self.decode_to_host is None:
+                object.__setattr__(self, "decode_to_host", False)
+            return
+        if isinstance(n, bool) or not isinstance(n, int) or n < 8:
+            raise ValueError(f"MemoryPlan.fit_bytes must be None or an int >= 8 (bytes), got {n!r}")
+        derived = {"device_cache_budget": n // 4}
+        if self.chunk_size is None and self.chunk_budget is None:
+            derived.update(chunk_size="auto", chunk_budget=n // 8)
+        if self.decode_slices is None and self.decode_budget is None:
+            derived["decode_budget"] = n - n // 4  # the cache budget stays reserved
+        if self.decode_to_host is None:
+            derived["decode_to_host"] = True
+        for name, value in derived.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
 
     def swaps_on(self, device: torch.device) -> bool:
         return self.swap == "on" or (self.swap == "auto" and device.type == "cuda")
