@@ -1,5 +1,7 @@
-"""The LightCache memory plan: where cached features live (device, or swapped to a pinned host
-ring buffer) and at what precision. Feature chunking and sliced decode are not built yet."""
+"""The LightCache memory plan (DESIGN.md §4): where cached features live (device, or swapped to a
+pinned host ring buffer) and at what precision (swap.py, store.py), feature chunk (chunk.py and
+chunk_*.py), sliced latent decode (decode.py), all set by one MemoryPlan (plan.py), and the
+per-stage meter (meter.py)."""
 
 from lightcache.memory.plan import MemoryPlan
 from lightcache.memory.store import DeviceStore
