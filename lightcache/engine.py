@@ -451,10 +451,13 @@ def _install_hooks(session: Session) -> None:
     registry_cls = _registry_cls()
     created = []  # modules whose registry we created (removed again on uninstall when empty)
     session._created_registries = created
+    session._no_forward_attr = []
     session._wrapped = []
     for i, module in enumerate([session.denoiser] + session.blocks):
         if not hasattr(module, "_diffusers_hook"):
             created.append(module)
+        if "forward" not in vars(module):  # a registry leaves an instance forward behind
+            session._no_forward_attr.append(module)
         reg = registry_cls.check_if_exists_or_initialize(module)
         if i == 0:
             reg.register_hook(_DenoiserHook(session), DENOISER_HOOK)
@@ -547,8 +550,12 @@ def uninstall(session: Session) -> None:
         for name in (DENOISER_HOOK, BLOCK_HOOK):
             if name in reg.hooks:
                 reg.remove_hook(name, recurse=False)
-        if module in getattr(session, "_created_registries", []) and not reg.hooks:
+        if reg.hooks:
+            continue
+        if module in getattr(session, "_created_registries", []):
             del module._diffusers_hook
+        if any(m is module for m in getattr(session, "_no_forward_attr", [])) and "forward" in vars(module):
+            del module.forward  # the registry's bound original: the class's forward is the same
     reg = getattr(session.denoiser, "_diffusers_hook", None)
     if reg is not None:
         reg.invalidate_child_registries_cache()

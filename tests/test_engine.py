@@ -37,6 +37,7 @@ def test_lossless_policy_is_bit_identical_and_disable_restores(family_pipe):
     family, pipe, kwargs, ref = family_pipe
     model = denoiser(pipe)
     forward_before = model.forward
+    own_forward = {id(m) for m in model.modules() if "forward" in vars(m)}
     lightcache.enable(pipe, policy=lossless_policy(family))
     try:
         out = run(pipe, kwargs)
@@ -52,6 +53,7 @@ def test_lossless_policy_is_bit_identical_and_disable_restores(family_pipe):
     assert reg is None or DENOISER_HOOK not in reg.hooks
     assert all(BLOCK_HOOK not in getattr(m, "_diffusers_hook").hooks for m in model.modules() if hasattr(m, "_diffusers_hook"))
     assert "step" not in vars(pipe.scheduler) and "set_timesteps" not in vars(pipe.scheduler)
+    assert {id(m) for m in model.modules() if "forward" in vars(m)} == own_forward, [(n, type(m).__name__) for n, m in model.named_modules() if "forward" in vars(m)]  # no forward left behind
     assert torch.equal(run(pipe, kwargs), ref)
 
 

@@ -1,25 +1,49 @@
-"""Feature chunk (DESIGN.md §4.2), first part: token-wise feed-forward layers over row chunks.
+"""Feature chunk (DESIGN.md §4.2): the widest intermediates of the denoiser's blocks exist for one
+chunk of rows (tokens) at a time, and the output equals the unchunked output to fp rounding
+(tests: ≤ 1e-5 max abs per fp32 denoiser call on every adapted family).
 
-The feed-forward layers of every adapted model (diffusers ``FeedForward``: the DiT blocks' FFN, and
-the FFNs of the UNets' spatial and temporal transformers) act on each token independently, so
-running them over chunks of rows is exact while the widest intermediate, the (rows, 4·width)
-hidden state, exists for one chunk at a time. All leading dimensions are flattened into rows, so
-the same chunk bounds a DiT's (B, L, D) sequence and a UNet's (B·H·W, T, C) temporal tokens.
-Linear → GELU(tanh) → Linear layers go through the fused ``lightcache::chunked_ffn`` op; other
-activations (GEGLU in the UNets) run the layer itself on each chunk into one preallocated output.
+- Feed-forward layers (diffusers ``FeedForward``: the DiT blocks' FFN, the UNets' spatial and
+  temporal transformer FFNs) act on each token alone: all leading dimensions are flattened into
+  rows and the (rows, hidden) state exists for one chunk at a time. Linear → GELU(tanh) → Linear
+  layers go through the fused ``lightcache::chunked_ffn`` op; other activations (GEGLU) run the
+  layer on each chunk into one preallocated output.
+- Attention (:mod:`lightcache.memory.chunk_attention`): inside every chunked block, torch's
+  scaled-dot-product attention runs over query chunks with full keys/values, through the same
+  backend; the (Lq, Lk) score matrix of a materialising backend exists for one chunk.
+- Video UNets (:mod:`lightcache.memory.chunk_unet`): resnets and transformer blocks over whole
+  frames (spatial) or pixels (temporal), never splitting a GroupNorm's statistics.
+- DiT blocks of the known families (:mod:`lightcache.memory.chunk_dit`: Wan, HunyuanVideo,
+  CogVideoX, LTX-Video, EasyAnimate): the whole block over sequence pieces (keys/values whole),
+  so its full-length tensors are the output, K and V. CPU tracker, one block (width 96, 512 video
+  tokens), in (L×width) units: Wan 15.0 unchunked, 6.5 with FFN + attention chunked alone (its
+  floor: the rotary prologue on full-length queries/keys), 4.95 / 3.54 over pieces of 64 / 16
+  tokens; HunyuanVideo single-stream 15.5, also with the FFN + attention hooks (its MLP is no
+  FeedForward module) -> 4.94 / 3.54; CogVideoX, LTX, EasyAnimate, HunyuanVideo dual-stream 11.0-11.4 -> 8.0-9.2 ->
+  4.5 / 3.5. Other DiT blocks (and these when the piece path does not apply) keep the FFN +
+  attention hooks.
 
-Not chunked yet: attention (queries), norms and modulation — their widest tensors are the width
-of the hidden state itself.
+The chunk is a fixed number of rows, or ``"auto"``: each operation sizes it at call time so its
+widest chunked intermediate fits a byte budget (:mod:`lightcache.memory.chunk_spec`).
 """
 
 from __future__ import annotations
 
-from typing import List
+import weakref
+from typing import List, Optional, Union
 
 import torch
 from torch import nn
 
-CHUNK_HOOK = "lightcache.chunk"
+from lightcache.memory.chunk_attention import QueryChunkedSDPA, sdpa_row_bytes
+from lightcache.memory.chunk_spec import ChunkSpec, chunk_hook_base
+
+CHUNK_HOOK = "lightcache.chunk"  # on feed-forward layers
+UNET_HOOK = "lightcache.chunk.unet"  # on UNet resnets and transformer blocks
+ATTENTION_HOOK = "lightcache.chunk.attention"  # around each block
+DIT_HOOK = "lightcache.chunk.dit"  # directly on the forward of each DiT block of a known family
+_NAMES = (ATTENTION_HOOK, DIT_HOOK, UNET_HOOK, CHUNK_HOOK)
+_CREATED_REGISTRIES: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # registries install_chunking made
+_NO_FORWARD_ATTR: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # modules that had no instance forward
 
 
 def _feedforwards(blocks: List[nn.Module]) -> List[nn.Module]:
@@ -47,17 +71,14 @@ def _fused_parts(ff: nn.Module):
     return net[0].proj, rest[0]
 
 
-def _hook_base():
-    from diffusers.hooks.hooks import ModelHook
+class FeedForwardChunkHook(chunk_hook_base()):
+    """A FeedForward over row chunks (all leading dimensions flattened into rows)."""
 
-    return ModelHook
-
-
-class FeedForwardChunkHook(_hook_base()):
-    def __init__(self, chunk_size: int, tracker_aware: bool = True):
+    def __init__(self, spec: ChunkSpec):
         super().__init__()
-        self.chunk_size = chunk_size
+        self.spec = spec
         self.parts = None
+        self.split_calls = 0  # calls that ran in more than one chunk
 
     def initialize_hook(self, module):
         if module.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in module.modules()):
@@ -66,33 +87,62 @@ class FeedForwardChunkHook(_hook_base()):
                 "mode); call .eval() first"
             )
         self.parts = _fused_parts(module)
+        self.hidden = _hidden_width(module)
         return module
 
     def new_forward(self, module, hidden_states, *args, **kwargs):
         width = hidden_states.shape[-1]
         rows = hidden_states.reshape(-1, width)
-        if rows.shape[0] <= self.chunk_size:
+        chunk = self.spec.rows(self.hidden * hidden_states.element_size(), "one row of a FeedForward hidden state")
+        if rows.shape[0] <= chunk:
             return self.fn_ref.original_forward(hidden_states, *args, **kwargs)
+        self.split_calls += 1
         if self.parts is not None:
             proj_in, proj_out = self.parts
             if torch.is_grad_enabled() or rows.device.type != "cpu" or not _tracking():
                 out = torch.ops.lightcache.chunked_ffn(
-                    rows, proj_in.weight, proj_in.bias, proj_out.weight, proj_out.bias, self.chunk_size
+                    rows, proj_in.weight, proj_in.bias, proj_out.weight, proj_out.bias, chunk
                 )
             else:  # the op's CPU kernel itself, called directly so the CPU tracker sees its buffers
                 from lightcache.reference import chunked_ffn
 
-                out = chunked_ffn(rows, proj_in.weight, proj_in.bias, proj_out.weight, proj_out.bias, self.chunk_size)
+                out = chunked_ffn(rows, proj_in.weight, proj_in.bias, proj_out.weight, proj_out.bias, chunk)
             return out.reshape(*hidden_states.shape[:-1], out.shape[-1])
-        first = self.fn_ref.original_forward(rows[: self.chunk_size], *args, **kwargs)
+        first = self.fn_ref.original_forward(rows[:chunk], *args, **kwargs)
         out = first.new_empty((rows.shape[0], first.shape[-1]))
-        out[: self.chunk_size] = first
+        out[:chunk] = first
         del first
-        for start in range(self.chunk_size, rows.shape[0], self.chunk_size):
-            out[start : start + self.chunk_size] = self.fn_ref.original_forward(
-                rows[start : start + self.chunk_size], *args, **kwargs
-            )
+        for start in range(chunk, rows.shape[0], chunk):
+            out[start : start + chunk] = self.fn_ref.original_forward(rows[start : start + chunk], *args, **kwargs)
         return out.reshape(*hidden_states.shape[:-1], out.shape[-1])
+
+
+def _hidden_width(ff: nn.Module) -> int:
+    """Width of a FeedForward's widest row: its first projection's output (GEGLU: twice the inner
+    width, the gate included)."""
+    proj = getattr(ff.net[0], "proj", None)
+    if isinstance(proj, nn.Linear):
+        return proj.out_features
+    return max(m.out_features for m in ff.modules() if isinstance(m, nn.Linear))
+
+
+class AttentionChunkHook(chunk_hook_base()):
+    """Around a block: its scaled-dot-product attention calls run over query chunks."""
+
+    def __init__(self, spec: ChunkSpec):
+        super().__init__()
+        self.spec = spec
+        self.split_calls = 0
+
+    def rows_for(self, query, key):
+        return self.spec.rows(sdpa_row_bytes(query, key), "one query row of attention scores (heads x keys)")
+
+    def new_forward(self, module, *args, **kwargs):
+        mode = QueryChunkedSDPA(self.rows_for)
+        with mode:
+            out = self.fn_ref.original_forward(*args, **kwargs)
+        self.split_calls += mode.calls
+        return out
 
 
 def _tracking() -> bool:
@@ -101,23 +151,117 @@ def _tracking() -> bool:
     return tracking()
 
 
-def install_chunking(blocks: List[nn.Module], chunk_size: int) -> List[nn.Module]:
-    """Register the chunk hook on every feed-forward layer inside ``blocks``; returns them."""
+def chunk_spec(chunk_size: Union[int, str], budget: Optional[int] = None) -> ChunkSpec:
+    """The :class:`ChunkSpec` of MemoryPlan's ``chunk_size`` (rows, or "auto" with ``budget`` bytes)."""
+    if chunk_size == "auto":
+        if budget is None:
+            raise ValueError("MemoryPlan.chunk_size='auto' needs MemoryPlan.chunk_budget (bytes)")
+        return ChunkSpec(budget=budget)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"MemoryPlan.chunk_size must be None, 'auto' or an int >= 1 (rows), got {chunk_size!r}")
+    return ChunkSpec(size=chunk_size)
+
+
+def _outside_blocks(model: nn.Module, blocks: List[nn.Module]) -> List[nn.Module]:
+    """``model``'s direct children that hold attention or a feed-forward layer but no block
+    (TextToVideoSD's ``transformer_in``, HunyuanVideo's token refiner, Wan's image embedder)."""
+    from diffusers.models.attention import FeedForward
+    from diffusers.models.attention_processor import Attention
+
+    inside = {id(m) for b in blocks for m in b.modules()}
+    found = []
+    for child in model.children():
+        mods = list(child.modules())
+        if any(id(m) in inside for m in mods):
+            continue
+        if any(isinstance(m, (Attention, FeedForward)) or hasattr(m, "processor") for m in mods):
+            found.append(child)
+    return found
+
+
+def install_chunking(
+    blocks: List[nn.Module],
+    chunk_size: Union[int, str],
+    budget: Optional[int] = None,
+    model: Optional[nn.Module] = None,
+) -> List[nn.Module]:
+    """Register the chunk hooks inside ``blocks`` (and, given the denoiser ``model``, inside its
+    other modules with attention or feed-forward layers): every feed-forward layer, the
+    query-chunked attention around each block, and the UNet modules of
+    :mod:`lightcache.memory.chunk_unet`. Returns the hooked modules (for :func:`remove_chunking`);
+    on failure nothing stays hooked."""
     from diffusers.hooks.hooks import HookRegistry
 
+    import lightcache.ops  # noqa: F401  (registers torch.ops.lightcache.chunked_ffn)
+    from lightcache.memory.chunk_dit import DitChunkHook, family_of
+    from lightcache.memory.chunk_unet import unet_hooks
+
+    spec = chunk_spec(chunk_size, budget)
+    scopes = list(blocks) + (_outside_blocks(model, blocks) if model is not None else [])
+    plan = [(ff, FeedForwardChunkHook(spec), CHUNK_HOOK) for ff in _feedforwards(scopes)]
+    plan += [(m, hook, UNET_HOOK) for m, hook in unet_hooks(scopes, spec)]
+    for b in scopes:
+        family = family_of(b) if b in blocks else None
+        if family is not None:  # the whole block over sequence pieces (lightcache.memory.chunk_dit)
+            plan.append((b, DitChunkHook(spec, family, own_hooks=(CHUNK_HOOK,)), DIT_HOOK))
+        else:
+            plan.append((b, AttentionChunkHook(spec), ATTENTION_HOOK))
     done = []
     try:
-        for ff in _feedforwards(blocks):
-            HookRegistry.check_if_exists_or_initialize(ff).register_hook(FeedForwardChunkHook(chunk_size), CHUNK_HOOK)
-            done.append(ff)
+        for module, hook, name in plan:
+            if not hasattr(module, "_diffusers_hook"):
+                _CREATED_REGISTRIES.add(module)
+                if "forward" not in vars(module):
+                    _NO_FORWARD_ATTR.add(module)
+            done.append(module)  # before registering: a refused hook still leaves a registry to undo
+            reg = HookRegistry.check_if_exists_or_initialize(module)
+            if name == DIT_HOOK:
+                _register_innermost(reg, hook, name)
+            else:
+                reg.register_hook(hook, name)
     except BaseException:
         remove_chunking(done)
         raise
     return done
 
 
+def _register_innermost(reg, hook, name: str) -> None:
+    """Register ``hook`` directly on the module's own forward, beneath the hooks already there
+    (lightcache's block hook, diffusers' cache or context-parallel hooks): a DiT chunk hook calls
+    the block once per sequence piece, which those hooks must not see. The hooks above are taken
+    off top-down and put back in their order (the only order HookRegistry rewires correctly)."""
+    above = [(n, reg.hooks[n]) for n in list(reg.hooks)]
+    for n, _ in reversed(above):
+        reg.remove_hook(n, recurse=False)
+    reg.register_hook(hook, name)
+    for n, h in above:
+        reg.register_hook(h, n)
+
+
+def _remove_exactly(reg, name: str) -> None:
+    """Remove hook ``name`` wherever it sits: removing a hook below another one that replaces the
+    forward would drop that one's forward too, so the hooks above are taken off top-down first and
+    put back in their order."""
+    names = list(reg.hooks)
+    above = [(n, reg.hooks[n]) for n in names[names.index(name) + 1 :]]
+    for n, _ in reversed(above):
+        reg.remove_hook(n, recurse=False)
+    reg.remove_hook(name, recurse=False)
+    for n, h in above:
+        reg.register_hook(h, n)
+
+
 def remove_chunking(modules: List[nn.Module]) -> None:
-    for ff in modules:
-        reg = getattr(ff, "_diffusers_hook", None)
-        if reg is not None and CHUNK_HOOK in reg.hooks:
-            reg.remove_hook(CHUNK_HOOK, recurse=False)
+    for module in modules:
+        reg = getattr(module, "_diffusers_hook", None)
+        if reg is None:
+            continue
+        for name in _NAMES:
+            if name in reg.hooks:
+                _remove_exactly(reg, name)
+        if module in _CREATED_REGISTRIES and not reg.hooks:  # leave the module as install found it
+            _CREATED_REGISTRIES.discard(module)
+            del module._diffusers_hook
+            if module in _NO_FORWARD_ATTR and "forward" in vars(module):
+                del module.forward  # the registry left the bound original there; the class's is the same
+            _NO_FORWARD_ATTR.discard(module)

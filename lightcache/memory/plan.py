@@ -28,14 +28,19 @@ class MemoryPlan:
     pinned: "prefer" (pageable memory with a warning when page-locked memory is refused),
         "require" (an error instead), or "off".
     chunk_size: Feature chunk (exact; see lightcache.memory.chunk), in rows (tokens) per chunk:
-        feed-forward layers over token chunks, attention over query chunks (keys/values whole),
-        and in video UNets resnets/transformer blocks over whole frames (spatial) or pixels
-        (temporal), as many as fit the rows, at least one. "auto": sized at each call from
-        chunk_budget. None: off.
+        blocks of the known DiT families (Wan, HunyuanVideo, CogVideoX, LTX-Video, EasyAnimate) run
+        their whole token-wise work over sequence pieces of this many tokens (keys/values of
+        self-attention computed piece by piece into full-length buffers, queries attending to them
+        through the model's own attention call); elsewhere feed-forward layers run over token
+        chunks and attention over query chunks (keys/values whole); in video UNets resnets and
+        transformer blocks run over whole frames (spatial) or pixels (temporal), as many as fit
+        the rows, at least one, never splitting a GroupNorm's statistics. "auto": sized at each
+        call from chunk_budget. None: off.
     chunk_budget: with chunk_size="auto", bytes the widest chunked intermediate of each chunked
         operation may take (a FeedForward's hidden rows, a query chunk's attention scores, a UNet
-        piece's feature map); a budget below one row (one frame or pixel for UNet modules) raises
-        ValueError naming the minimum.
+        piece's feature map; for a DiT block a row is the larger of its widest linear row and one
+        query row of attention scores); a budget below one row (one frame or pixel for UNet
+        modules) raises ValueError naming the minimum.
     decode_slices: decode the latent video in slices of this many (latent) frames, or None. What
         a slice is per VAE, and where it is exact (AutoencoderKL, Wan, CogVideoX, LTX with its
         default overlap) or not (HunyuanVideo, SVD), is in lightcache.memory.decode.
