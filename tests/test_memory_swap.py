@@ -47,6 +47,23 @@ def case(request):
     return pipe, kwargs, make_policy, ref, ref_rep
 
 
+def test_sync_store_is_bit_identical_and_reaches_the_rings(case):
+    pipe, kwargs, make_policy, ref, ref_rep = case
+    lightcache.enable(pipe, policy=make_policy(), memory=MemoryPlan(swap="on", sync_store=True))
+    try:
+        out = run(pipe, kwargs)
+        rep = lightcache.report(pipe)
+    finally:
+        lightcache.disable(pipe)
+    assert torch.equal(out, ref)
+    assert [d.computed for d in rep.decisions] == [d.computed for d in ref_rep.decisions]
+    store = SwapStore(MemoryPlan(swap="on", sync_store=True), torch.device("cpu"))
+    store.put("x", torch.arange(6.0))
+    assert all(r.sync_store for rs in store._rings.values() for r in rs)
+    assert torch.equal(store.load("x"), torch.arange(6.0))
+    store.clear()
+
+
 def test_swap_is_bit_identical_and_moves_cache_to_host(case):
     pipe, kwargs, make_policy, ref, ref_rep = case
     out, rep = run_with(pipe, kwargs, make_policy(), MemoryPlan(swap="on"))
@@ -160,6 +177,7 @@ def test_host_budget_exceeded_is_a_clear_error():
         (dict(device_cache_budget=-1), "MemoryPlan.device_cache_budget"),
         (dict(host_cache_budget=1.5), "MemoryPlan.host_cache_budget"),
         (dict(pinned="maybe"), "MemoryPlan.pinned"),
+        (dict(sync_store="yes"), "MemoryPlan.sync_store"),
     ],
 )
 def test_bad_plan_fields(kwargs, match):

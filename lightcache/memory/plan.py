@@ -25,6 +25,12 @@ class MemoryPlan:
     cache_dtype: None (the feature's own dtype, exact), "bf16", or "fp8" (e4m3 with per-token
         scales); compressed features are dequantised inside the fused reuse op.
     host_cache_budget: bytes of pinned host memory the swapped cache may take, or None.
+    sync_store: with swapping, the compute stream waits for each stored feature's device-to-host
+        copy before it goes on. Off (default), the copy overlaps later work and reads the tensor
+        the policy handed over while it runs: lightcache's policies store tensors nothing writes
+        to afterwards, but a pipeline that modified a cached tensor (a latent, a block output)
+        in place right after it was stored would race with the copy on CUDA. On closes that, at
+        the cost of the overlap.
     pinned: "prefer" (pageable memory with a warning when page-locked memory is refused),
         "require" (an error instead), or "off".
     chunk_size: Feature chunk (exact; see lightcache.memory.chunk), in rows (tokens) per chunk:
@@ -73,6 +79,7 @@ class MemoryPlan:
     device_cache_budget: Optional[int] = None
     cache_dtype: Optional[str] = None
     host_cache_budget: Optional[int] = None
+    sync_store: bool = False
     pinned: str = "prefer"
     chunk_size: Optional[Union[int, str]] = None
     chunk_budget: Optional[int] = None
@@ -122,6 +129,8 @@ class MemoryPlan:
             raise ValueError("MemoryPlan.decode_to_host needs decode_slices or decode_budget (frames leave per slice)")
         if self.decode_overlap is not None and d is None and self.decode_budget is None:
             raise ValueError("MemoryPlan.decode_overlap needs decode_slices or decode_budget")
+        if not isinstance(self.sync_store, bool):
+            raise ValueError(f"MemoryPlan.sync_store must be a bool, got {type(self.sync_store).__name__}")
         if not isinstance(self.cpu_tracker, bool):
             raise TypeError(f"MemoryPlan.cpu_tracker must be a bool, got {type(self.cpu_tracker).__name__}")
         if self.pinned not in ("prefer", "require", "off"):

@@ -72,7 +72,8 @@ class SwapStore:
                 f"the swapped cache needs another {slab} bytes of host memory ({total} in use); "
                 f"MemoryPlan.host_cache_budget is {budget}"
             )
-        ring = RingBuffer(slot_bytes=nbytes, num_slots=SLOTS_PER_RING, device=self.device, pinned=self.plan.pinned)
+        ring = RingBuffer(slot_bytes=nbytes, num_slots=SLOTS_PER_RING, device=self.device, pinned=self.plan.pinned,
+                          sync_store=self.plan.sync_store)
         rings.append(ring)
         return ring
 
