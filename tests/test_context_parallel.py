@@ -185,7 +185,7 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
 
     faulthandler.dump_traceback_later(WORKER_TIMEOUT_S, exit=True)  # a stuck collective ends the process
     torch.set_num_threads(1)
-    sys.path[:0] = [str(REPO), str(REPO / "tests")]
+    sys.path[:0] = [os.environ["LIGHTCACHE_IMPORT_ROOT"], str(REPO / "tests")]
     import lightcache.ops  # noqa: F401
 
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
@@ -213,11 +213,17 @@ def ranks(tmp_path_factory):
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1")
     if sys.platform.startswith("linux"):  # gloo on loopback: no dependence on the host name resolving
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    # the workers import the lightcache this test imported (the installed one, with its compiled
+    # module, under `pytest`; the source tree under `python -m pytest`)
+    import lightcache
+
+    root = str(Path(lightcache.__file__).resolve().parents[1])
+    env["LIGHTCACHE_IMPORT_ROOT"] = root
+    env["PYTHONPATH"] = os.pathsep.join([root, str(REPO / "tests"), env.get("PYTHONPATH", "")])
     logs = [open(out / f"rank{r}.log", "w") for r in range(WORLD)]
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, str(r), str(WORLD), str(out)], cwd=REPO, env=env, stdout=logs[r], stderr=subprocess.STDOUT
+            [sys.executable, __file__, str(r), str(WORLD), str(out)], cwd=REPO / "tests", env=env, stdout=logs[r], stderr=subprocess.STDOUT
         )
         for r in range(WORLD)
     ]
