@@ -27,6 +27,7 @@ from lightcache.memory.chunk import (
     remove_chunking,
 )
 from lightcache.memory.chunk_attention import QueryChunkedSDPA
+from lightcache.memory import chunk_dit
 from lightcache.memory.chunk_dit import DitChunkHook
 from lightcache.engine import BLOCK_HOOK, session_of
 from lightcache.memory.meter import StageTracker
@@ -73,9 +74,10 @@ def _hooks(modules, name):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_chunked_denoiser_matches_unchunked(family):
-    """Each denoiser call of the pipeline (its real inputs), chunked by 4 rows: ≤ 1e-5 max abs, and
-    the chunking really split the work: every DiT block ran over sequence pieces (never the
-    whole-block fallback); in UNets the attention, FFNs, resnets and transformer blocks."""
+    """Each denoiser call of the pipeline (its real inputs), chunked by 4 rows (2 for the DiTs, whose
+    tiny sequences must still give at least MIN_PIECES pieces): ≤ 1e-5 max abs, and the chunking
+    really split the work: every DiT block ran over sequence pieces (never the whole-block
+    fallback); in UNets the attention, FFNs, resnets and transformer blocks."""
     pipe, kwargs = build(family)
     if family != "svd":
         kwargs = dict(kwargs, output_type="latent")
@@ -84,7 +86,7 @@ def test_chunked_denoiser_matches_unchunked(family):
     for args, kw in _denoiser_calls(pipe, kwargs):
         with torch.no_grad():
             ref = _sample(model(*args, **kw))
-            hooked = install_chunking(blocks, 4, model=model)
+            hooked = install_chunking(blocks, 4 if family in UNET_FAMILIES else 2, model=model)
             hooks = {name: _hooks(hooked, name) for name in (ATTENTION_HOOK, CHUNK_HOOK, UNET_HOOK, DIT_HOOK)}
             try:
                 out = _sample(model(*args, **kw))
@@ -433,11 +435,13 @@ DIT_CASES = [
 
 
 @pytest.mark.parametrize("case", DIT_CASES)
-def test_dit_block_pieces_match_unchunked(case):
+def test_dit_block_pieces_match_unchunked(case, monkeypatch):
     """Every DiT family and variant, 2 batch items, chunk 26 rows -> pieces of 13 tokens that cut
     frames, the first-frame (token replace) run and the text/video boundary at odd places:
-    ≤ 1e-5 max abs (fp32) against the unchunked model, and every block ran in pieces. Slicing a
-    per-token argument wrong (timesteps, rotary tables, token-replace count) breaks the bound."""
+    ≤ 1e-5 max abs (fp32) against the unchunked model, and every block ran in pieces (even where
+    fewer than MIN_PIECES pieces would normally run the block whole). Slicing a per-token argument
+    wrong (timesteps, rotary tables, token-replace count) breaks the bound."""
+    monkeypatch.setattr(chunk_dit, "MIN_PIECES", 1)
     model, kw = _dit_case(case, frames=2, size=8 if case.startswith("hunyuan") else 4)
     ref = _model_out(model, kw)
     blocks = _dit_blocks(model)
@@ -448,6 +452,24 @@ def test_dit_block_pieces_match_unchunked(case):
     finally:
         remove_chunking(hooked)
     assert len(hooks) == len(blocks) and all(h.split_calls == 1 and h.fallback_calls == 0 for h in hooks)
+    assert (out - ref).abs().max().item() <= 1e-5
+
+
+def test_dit_few_large_pieces_run_the_block_whole():
+    """Fewer than MIN_PIECES pieces would cost more than the whole block with query-chunked
+    attention: the block then runs whole (counted), still exact."""
+    model, kw = _dit_case("wan", frames=2, size=4)
+    ref = _model_out(model, kw)
+    blocks = _dit_blocks(model)
+    n_tokens = kw["hidden_states"].shape[2] * (kw["hidden_states"].shape[3] // 2) * (kw["hidden_states"].shape[4] // 2)
+    batch = kw["hidden_states"].shape[0]
+    hooked = install_chunking(blocks, batch * (n_tokens // 2), model=model)  # two pieces
+    try:
+        out = _model_out(model, kw)
+        hooks = _hooks(hooked, DIT_HOOK)
+    finally:
+        remove_chunking(hooked)
+    assert all(h.split_calls == 0 and h.fallback_calls == 1 for h in hooks)
     assert (out - ref).abs().max().item() <= 1e-5
 
 

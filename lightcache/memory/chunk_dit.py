@@ -505,6 +505,10 @@ def _widest_row(block: nn.Module) -> int:
     return max(max(m.in_features, m.out_features) for m in block.modules() if isinstance(m, nn.Linear))
 
 
+# Fewest pieces for which the piece path beats the whole block with query-chunked attention.
+MIN_PIECES = 4
+
+
 class DitChunkHook(chunk_hook_base()):
     """A DiT block over sequence pieces (see the module docstring). Must sit directly on the
     block's own forward (beneath other hooks such as lightcache's block hook), as each call of
@@ -551,11 +555,7 @@ class DitChunkHook(chunk_hook_base()):
         bound = self._sig.bind(module, *args, **kwargs)
         a = bound.arguments
         if not self._applies(module, a):
-            mode = QueryChunkedSDPA(self._attention_rows)
-            with mode:
-                out = fwd(*args, **kwargs)
-            self.fallback_calls += 1
-            return out
+            return self._whole(fwd, args, kwargs)
         fam = self.family
         h = a["hidden_states"]
         text = fam.text(a)
@@ -567,9 +567,21 @@ class DitChunkHook(chunk_hook_base()):
         rows = self.spec.rows(row_bytes, f"one token of {type(module).__name__} (its widest row, {row_bytes} bytes)")
         if batch * key_len <= rows:
             return fwd(*args, **kwargs)
-        self.split_calls += 1
         tokens = max(1, rows // batch)  # a piece holds every batch item of its tokens
+        if tokens * MIN_PIECES > key_len:
+            # a piece's working set is ~15 rows per token on top of the whole K, V and output
+            # (measured: Wan at 128 of 512 tokens peaks at 6.8 full rows, the whole block with
+            # query-chunked attention and chunked FFN at 6.5): few large pieces lose to it
+            return self._whole(fwd, args, kwargs)
+        self.split_calls += 1
         return self._run(module, fwd, bound, fam, tokens, n_video, n_text)
+
+    def _whole(self, fwd, args, kwargs):
+        """The block in one call, attention over query chunks (and FFNs chunked by their hooks)."""
+        with QueryChunkedSDPA(self._attention_rows):
+            out = fwd(*args, **kwargs)
+        self.fallback_calls += 1
+        return out
 
     def _pieces(self, fam: _Family, n_video: int, n_text: int, tokens: int) -> List[_Piece]:
         pieces = []
