@@ -84,7 +84,8 @@ def test_chunked_denoiser_matches_unchunked(family):
     model = denoiser(pipe)
     blocks = adapter_for(model).blocks(model)
     for args, kw in _denoiser_calls(pipe, kwargs):
-        with torch.no_grad():
+        # the math backend, the one that holds the score matrix: fused ones run unsplit
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
             ref = _sample(model(*args, **kw))
             hooked = install_chunking(blocks, 4 if family in UNET_FAMILIES else 2, model=model)
             hooks = {name: _hooks(hooked, name) for name in (ATTENTION_HOOK, CHUNK_HOOK, UNET_HOOK, DIT_HOOK)}
@@ -251,9 +252,23 @@ def test_query_chunked_sdpa_is_exact(shape, mask_shape, chunk):
         assert (out - ref).abs().max().item() <= 1e-6
 
 
+def test_fused_sdpa_backends_run_unsplit():
+    """A call torch runs on a fused kernel (CPU flash for 4-D inputs) holds no score matrix:
+    it runs whole, no split; forced onto the math backend the same call is split."""
+    q = torch.randn(1, 2, 64, 8)
+    ref = F.scaled_dot_product_attention(q, q, q)
+    mode = QueryChunkedSDPA(lambda q_, k_: 16)
+    with mode:
+        out = F.scaled_dot_product_attention(q, q, q)
+    assert mode.calls == 0 and torch.equal(out, ref)
+    with sdpa_kernel(SDPBackend.MATH), mode:
+        out = F.scaled_dot_product_attention(q, q, q)
+    assert mode.calls == 1 and (out - ref).abs().max().item() <= 1e-5
+
+
 def test_query_chunked_sdpa_refuses_dropout_and_causal():
     q = torch.randn(1, 2, 8, 4)
-    with QueryChunkedSDPA(lambda q_, k_: 2):
+    with sdpa_kernel(SDPBackend.MATH), QueryChunkedSDPA(lambda q_, k_: 2):
         with pytest.raises(ValueError, match="dropout_p"):
             F.scaled_dot_product_attention(q, q, q, dropout_p=0.1)
         with pytest.raises(ValueError, match="is_causal"):

@@ -8,8 +8,8 @@ same function, with the same arguments and so the same backend choice, over slic
 queries; keys and values stay whole, and the mask is sliced along its query (and batch) dimension
 where it is not broadcast. Each query row's softmax runs over all keys either way, so the result
 is the unchunked one up to the backend's own rounding. What it bounds: the (batch, heads, Lq, Lk)
-score matrix of backends that materialise it (the math backend); fused kernels (flash,
-memory-efficient, cuDNN, CPU flash) never hold it and just run in a few more calls. Attention
+score matrix of backends that materialise it (the math backend); calls that torch would run on a
+fused kernel (flash, memory-efficient, cuDNN, CPU flash) never hold it and run unsplit. Attention
 backends that bypass torch's SDPA (flash-attn, sage, xformers packages) are not touched: they
 never materialise the scores either.
 
@@ -21,6 +21,7 @@ item's queries are split when they alone exceed it), so the scores of one piece 
 from __future__ import annotations
 
 import torch
+from torch.nn.attention import SDPBackend
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
@@ -65,6 +66,20 @@ def _slice_batch(t, n, b0, b1):
     return t[b0:b1] if t.dim() >= 3 and t.shape[0] == n else t
 
 
+def _materialises_scores(a: dict) -> bool:
+    """Whether torch would run this SDPA call on its math backend, the one that holds the whole
+    (queries x keys) score matrix. The fused backends (flash, memory-efficient, cuDNN; flash on
+    CPU for 4-D inputs) never hold it, so splitting their queries would only add launches."""
+    choose = getattr(torch, "_fused_sdp_choice", None)
+    if choose is None:  # unknown torch: assume the worst
+        return True
+    kw = {name: a[name] for name in ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa") if name in a}
+    try:
+        return choose(a["query"], a["key"], a["value"], **kw) == int(SDPBackend.MATH)
+    except (RuntimeError, TypeError):
+        return True
+
+
 class QueryChunkedSDPA(TorchFunctionMode):
     """Runs ``F.scaled_dot_product_attention`` over query pieces of at most ``rows_for(q, k)`` rows.
 
@@ -86,7 +101,7 @@ class QueryChunkedSDPA(TorchFunctionMode):
             return func(*args, **kwargs)
         n, lq = q.shape[0], q.shape[-2]
         chunk = self.rows_for(q, k)
-        if n * lq <= chunk:
+        if n * lq <= chunk or not _materialises_scores(a):
             return func(*args, **kwargs)
         if a.get("dropout_p", 0.0):
             # chunking would change which elements the dropout RNG drops
