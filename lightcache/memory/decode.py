@@ -449,16 +449,18 @@ class _Wan(_Slicer):
         return self._ratio_stride(tile, self.vae.tile_sample_stride_height / self.vae.tile_sample_min_height)
 
     def tile_attrs(self, tile):
-        vae = self.vae
-        scr = vae.spatial_compression_ratio
-        st = self.tile_stride(tile)
-        return dict(
-            use_tiling=True,
-            tile_sample_min_height=tile * scr,
-            tile_sample_min_width=tile * scr,
-            tile_sample_stride_height=st * scr,
-            tile_sample_stride_width=st * scr,
-        )
+        return _square_tiles(tile, self.tile_stride(tile), self.vae.spatial_compression_ratio)
+
+
+def _square_tiles(tile: int, stride: int, ratio: int) -> dict:
+    """The VAE tiling attributes for square latent tiles of ``tile`` pixels every ``stride``."""
+    return dict(
+        use_tiling=True,
+        tile_sample_min_height=tile * ratio,
+        tile_sample_min_width=tile * ratio,
+        tile_sample_stride_height=stride * ratio,
+        tile_sample_stride_width=stride * ratio,
+    )
 
 
 class _CogVideoX(_Slicer):
@@ -612,15 +614,7 @@ class _Hunyuan(_Slicer):
         return self._ratio_stride(tile, self.vae.tile_sample_stride_height / self.vae.tile_sample_min_height)
 
     def tile_attrs(self, tile):
-        st = self.tile_stride(tile)
-        scr = self.spatial_ratio
-        return dict(
-            use_tiling=True,
-            tile_sample_min_height=tile * scr,
-            tile_sample_min_width=tile * scr,
-            tile_sample_stride_height=st * scr,
-            tile_sample_stride_width=st * scr,
-        )
+        return _square_tiles(tile, self.tile_stride(tile), self.spatial_ratio)
 
 
 class _LTX(_Hunyuan):
