@@ -505,6 +505,17 @@ def _widest_row(block: nn.Module) -> int:
     return max(max(m.in_features, m.out_features) for m in block.modules() if isinstance(m, nn.Linear))
 
 
+def _whole_call_key(args, kwargs):
+    """What decides whether a block's attention calls would be split: the tensor arguments'
+    shapes/dtypes/devices, grad mode and torch's SDPA backend switches (sdpa_kernel sets them)."""
+    tensors = [(tuple(t.shape), t.dtype, t.device) for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+    if not tensors:
+        return None
+    b = torch.backends.cuda
+    flags = (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(), b.cudnn_sdp_enabled())
+    return (tuple(tensors), torch.is_grad_enabled(), flags)
+
+
 # Fewest pieces for which the piece path beats the whole block with query-chunked attention.
 MIN_PIECES = 4
 
@@ -526,6 +537,8 @@ class DitChunkHook(chunk_hook_base()):
     def initialize_hook(self, module):
         self._sig = inspect.signature(type(module).forward)
         self.width = _widest_row(module)
+        self._inner = [m for m in module.modules() if m is not module]  # checked for hooks at each call
+        self._unsplit = None  # (inputs key) of the last whole call whose attention needed no split
         return module
 
     def _attention_rows(self, q, k):
@@ -544,9 +557,9 @@ class DitChunkHook(chunk_hook_base()):
             proc = getattr(module, name).processor
             if type(proc) is not cls or getattr(proc, "_parallel_config", None) is not None:
                 return False
-        for m in module.modules():  # stateful hooks inside would see one call per piece
-            reg = getattr(m, "_diffusers_hook", None)
-            if m is not module and reg is not None and set(reg.hooks) - self.own_hooks:
+        for m in self._inner:  # stateful hooks inside would see one call per piece
+            reg = m.__dict__.get("_diffusers_hook")
+            if reg is not None and set(reg.hooks) - self.own_hooks:
                 return False
         return True
 
@@ -577,9 +590,19 @@ class DitChunkHook(chunk_hook_base()):
         return self._run(module, fwd, bound, fam, tokens, n_video, n_text)
 
     def _whole(self, fwd, args, kwargs):
-        """The block in one call, attention over query chunks (and FFNs chunked by their hooks)."""
-        with QueryChunkedSDPA(self._attention_rows):
+        """The block in one call, attention over query chunks (and FFNs chunked by their hooks).
+        When the last whole call with the same inputs' shapes and the same SDPA backend settings
+        split no attention call (torch ran them on fused kernels, which hold no score matrix),
+        the block runs without the function mode, whose per-op Python cost is then pure loss."""
+        key = _whole_call_key(args, kwargs)
+        if key is not None and key == self._unsplit:
             out = fwd(*args, **kwargs)
+            self.fallback_calls += 1
+            return out
+        mode = QueryChunkedSDPA(self._attention_rows)
+        with mode:
+            out = fwd(*args, **kwargs)
+        self._unsplit = key if mode.calls == 0 else None
         self.fallback_calls += 1
         return out
 
