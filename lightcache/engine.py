@@ -22,6 +22,7 @@ from typing import Any, List, Optional
 import torch
 from torch import nn
 
+from lightcache._hook_order import register_at, remove_exactly
 from lightcache.adapters.base import ModelAdapter
 from lightcache import parallel as _parallel
 from lightcache.memory.chunk import install_chunking, remove_chunking
@@ -475,17 +476,10 @@ def _install_hooks(session: Session) -> None:
 
 def _register_inside_cp(reg, hook, name: str) -> None:
     """Register ``hook`` beneath diffusers' context-parallel hooks of the module: they shard the
-    block's inputs (Wan: at blocks.0), and a block hook must see and return this rank's shard. The
-    hooks from the first context-parallel one up are taken off top-down (the only removal order
-    diffusers' HookRegistry rewires correctly) and put back above ``hook`` in their order."""
+    block's inputs (Wan: at blocks.0), and a block hook must see and return this rank's shard."""
     names = list(reg.hooks)
-    first = next((k for k, n in enumerate(names) if n.startswith(_parallel.CP_HOOK_PREFIXES)), None)
-    above = [] if first is None else [(n, reg.hooks[n]) for n in names[first:]]
-    for n, _ in reversed(above):
-        reg.remove_hook(n, recurse=False)
-    reg.register_hook(hook, name)
-    for n, h in above:
-        reg.register_hook(h, n)
+    first = next((k for k, n in enumerate(names) if n.startswith(_parallel.CP_HOOK_PREFIXES)), len(names))
+    register_at(reg, hook, name, first)
 
 
 def _install_pipeline_taps(sessions: List[Session], pipe) -> None:
@@ -549,7 +543,7 @@ def uninstall(session: Session) -> None:
             continue
         for name in (DENOISER_HOOK, BLOCK_HOOK):
             if name in reg.hooks:
-                reg.remove_hook(name, recurse=False)
+                remove_exactly(reg, name)  # the block hook sits beneath diffusers' CP hooks
         if reg.hooks:
             continue
         if module in getattr(session, "_created_registries", []):

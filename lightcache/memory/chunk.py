@@ -34,6 +34,7 @@ from typing import List, Optional, Union
 import torch
 from torch import nn
 
+from lightcache._hook_order import register_at, remove_exactly
 from lightcache.memory.chunk_attention import QueryChunkedSDPA, sdpa_row_bytes
 from lightcache.memory.chunk_spec import ChunkSpec, chunk_hook_base
 
@@ -215,40 +216,14 @@ def install_chunking(
                     _NO_FORWARD_ATTR.add(module)
             done.append(module)  # before registering: a refused hook still leaves a registry to undo
             reg = HookRegistry.check_if_exists_or_initialize(module)
-            if name == DIT_HOOK:
-                _register_innermost(reg, hook, name)
+            if name == DIT_HOOK:  # on the block's own forward: it runs it once per piece, which
+                register_at(reg, hook, name, 0)  # the hooks above (block caches, CP) must not see
             else:
                 reg.register_hook(hook, name)
     except BaseException:
         remove_chunking(done)
         raise
     return done
-
-
-def _register_innermost(reg, hook, name: str) -> None:
-    """Register ``hook`` directly on the module's own forward, beneath the hooks already there
-    (lightcache's block hook, diffusers' cache or context-parallel hooks): a DiT chunk hook calls
-    the block once per sequence piece, which those hooks must not see. The hooks above are taken
-    off top-down and put back in their order (the only order HookRegistry rewires correctly)."""
-    above = [(n, reg.hooks[n]) for n in list(reg.hooks)]
-    for n, _ in reversed(above):
-        reg.remove_hook(n, recurse=False)
-    reg.register_hook(hook, name)
-    for n, h in above:
-        reg.register_hook(h, n)
-
-
-def _remove_exactly(reg, name: str) -> None:
-    """Remove hook ``name`` wherever it sits: removing a hook below another one that replaces the
-    forward would drop that one's forward too, so the hooks above are taken off top-down first and
-    put back in their order."""
-    names = list(reg.hooks)
-    above = [(n, reg.hooks[n]) for n in names[names.index(name) + 1 :]]
-    for n, _ in reversed(above):
-        reg.remove_hook(n, recurse=False)
-    reg.remove_hook(name, recurse=False)
-    for n, h in above:
-        reg.register_hook(h, n)
 
 
 def remove_chunking(modules: List[nn.Module]) -> None:
@@ -258,7 +233,7 @@ def remove_chunking(modules: List[nn.Module]) -> None:
             continue
         for name in _NAMES:
             if name in reg.hooks:
-                _remove_exactly(reg, name)
+                remove_exactly(reg, name)
         if module in _CREATED_REGISTRIES and not reg.hooks:  # leave the module as install found it
             _CREATED_REGISTRIES.discard(module)
             del module._diffusers_hook
