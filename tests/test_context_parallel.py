@@ -64,7 +64,8 @@ def _reductions(rank: int, world: int) -> dict:
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(2, 6, 3, 8, 8, generator=g), torch.randn(2, 6, 3, 8, 8, generator=g)  # replicated
     res = {"rel_l1": []}
-    for x, y in ((a, b), (a[:, :4], b[:, :4])):  # contiguous (flat parts) and a strided view
+    # contiguous (flat parts), a strided view, and one of each (the parts must still correspond)
+    for x, y in ((a, b), (a[:, :4], b[:, :4]), (a[:, :4], b[:, :4].contiguous())):
         m1, n1, t1 = part_mean_abs_diff(par, x, y)
         m2, n2, t2 = part_mean_abs(par, y)
         got = global_means(par, [m1, m2], [n1, n2], [t1, t2]).tolist()

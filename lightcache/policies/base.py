@@ -121,29 +121,30 @@ def reduce_sums(parallel, sums: Tensor) -> Tensor:
     return sums if parallel is None else parallel.all_reduce_sums(sums)
 
 
+def _part_mean(parallel, mean, *tensors: Tensor) -> Tuple[Tensor, int, int]:
+    """(``mean(*parts)`` over this rank's parts of ``tensors`` (whole on every rank), elements in
+    the part, elements in all); without a group the part is everything."""
+    total = tensors[0].numel()
+    if parallel is not None:
+        if len({t.is_contiguous() for t in tensors}) > 1:  # shard() cuts by layout: make the parts correspond
+            tensors = tuple(t.contiguous() for t in tensors)
+        tensors = tuple(parallel.shard(t) for t in tensors)
+    n = tensors[0].numel()
+    if n == 0:  # a rank whose part is empty contributes nothing (the op's mean would be 0/0)
+        return torch.zeros((), dtype=torch.float32, device=tensors[0].device), 0, total
+    return mean(*tensors), n, total
+
+
 def part_mean_abs_diff(parallel, a: Tensor, b: Tensor) -> Tuple[Tensor, int, int]:
     """(mean|a − b| over this rank's part as an fp32 0-d tensor, elements in the part, elements in
-    all) for ``a``, ``b`` whole on every rank. Without a group the part is everything, so the mean
-    is :func:`mean_abs_diff` itself."""
-    total = a.numel()
-    if parallel is not None:
-        a, b = parallel.shard(a), parallel.shard(b)
-    n = a.numel()
-    if n == 0:  # a rank whose part is empty contributes nothing (the op's mean would be 0/0)
-        return torch.zeros((), dtype=torch.float32, device=a.device), 0, total
-    return mean_abs_diff(a, b), n, total
+    all) for ``a``, ``b`` whole on every rank; without a group :func:`mean_abs_diff` itself."""
+    return _part_mean(parallel, mean_abs_diff, a, b)
 
 
 def part_mean_abs(parallel, t: Tensor) -> Tuple[Tensor, int, int]:
     """(mean|t| over this rank's part, elements in the part, elements in all) for ``t`` whole on
     every rank; without a group :func:`mean_abs` itself."""
-    total = t.numel()
-    if parallel is not None:
-        t = parallel.shard(t)
-    n = t.numel()
-    if n == 0:
-        return torch.zeros((), dtype=torch.float32, device=t.device), 0, total
-    return mean_abs(t), n, total
+    return _part_mean(parallel, mean_abs, t)
 
 
 def global_means(parallel, means: Sequence[Tensor], counts: Sequence[int], totals: Optional[Sequence[int]] = None) -> Tensor:
