@@ -7,6 +7,7 @@ from typing import Optional
 from torch import nn
 
 from lightcache import adapters
+from lightcache._compat import require_diffusers
 from lightcache.engine import Session, install, session_of, uninstall
 from lightcache.policies.base import CachePolicy
 from lightcache.reporting import Report
@@ -44,7 +45,10 @@ def enable(pipe_or_model, policy: Optional[CachePolicy] = None, memory=None):
 
     ``policy=None`` caches nothing (memory plan and report only). Every denoiser of the pipeline is
     covered (Wan 2.2's two experts each keep their own cache). Enabling again replaces the previous
-    configuration. If anything is invalid, nothing of the pipeline is changed."""
+    configuration. Everything is checked before anything changes: a policy that does not apply to
+    the model's family, a memory plan the model or its VAE cannot follow, raise here, and on any
+    error the pipeline keeps exactly the configuration it had (lightcache's or none)."""
+    require_diffusers()
     denoisers, pipe = _resolve(pipe_or_model)
     if policy is not None and not isinstance(policy, CachePolicy):
         raise TypeError(f"policy must be a lightcache policy (EasyCache, PreciseCache, DeepCache) or None, got {type(policy).__name__}")
@@ -54,34 +58,54 @@ def enable(pipe_or_model, policy: Optional[CachePolicy] = None, memory=None):
         if not isinstance(memory, MemoryPlan):
             raise TypeError(f"memory must be a lightcache.MemoryPlan or None, got {type(memory).__name__}")
     found = [adapters.adapter_for(d) for d in denoisers]
-    if policy is not None and hasattr(policy, "check_adapter"):
-        for adapter in found:
-            policy.check_adapter(adapter)
-    for d in denoisers:
-        previous = session_of(d)
-        if previous is not None:
-            uninstall(previous)
+    for d, adapter in zip(denoisers, found):
+        if policy is not None:
+            policy.check_model(adapter, d)
+        if memory is not None:
+            memory.check_model(adapter, d, pipe)
     sessions = [Session(d, a, policy, memory, pipe=pipe) for d, a in zip(denoisers, found)]
-    install(sessions, pipe)
+    previous = _installed_groups(denoisers)
+    for group, _ in previous:
+        for old in group:
+            uninstall(old)
+    try:
+        install(sessions, pipe)
+    except BaseException:
+        for group, old_pipe in previous:  # put the previous configuration back as it was
+            install(group, old_pipe)
+        raise
     return pipe_or_model
+
+
+def _installed_groups(denoisers):
+    """The sessions installed on ``denoisers``, grouped as they were installed together:
+    [(sessions, pipe or None)]."""
+    groups = []
+    for d in denoisers:
+        s = session_of(d)
+        if s is None or any(s in g for g, _ in groups):
+            continue
+        members = s.taps.sessions if s.taps is not None else [s]
+        groups.append((list(members), s.pipe if s.taps is not None else None))
+    return groups
 
 
 def disable(pipe_or_model) -> None:
     """Remove lightcache: the pipeline's denoisers and scheduler are exactly as before enable()."""
     denoisers, _ = _resolve(pipe_or_model)
-    for d in denoisers:
-        session = session_of(d)
-        if session is not None:
+    for group, _ in _installed_groups(denoisers):
+        for session in group:
             uninstall(session)
 
 
 def report(pipe_or_model) -> Report:
-    """What the last pipeline call did (see lightcache.reporting.Report). With several denoisers
-    (Wan 2.2's experts) their decisions are merged in step order."""
+    """What the last pipeline call did (see lightcache.reporting.Report): an immutable snapshot
+    that later calls, enable() and disable() never change. With several denoisers (Wan 2.2's
+    experts) their decisions are merged in step order."""
     denoisers, _ = _resolve(pipe_or_model)
     sessions = [s for s in (session_of(d) for d in denoisers) if s is not None]
     if not sessions:
         raise ValueError("pipe_or_model: lightcache is not enabled on it (call lightcache.enable first)")
     if len(sessions) == 1:
-        return sessions[0].report
-    return Report.merge([s.report for s in sessions])
+        return sessions[0].report()
+    return Report.merge([s.report() for s in sessions])

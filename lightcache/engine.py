@@ -14,7 +14,6 @@ lightcache.parallel.
 
 from __future__ import annotations
 
-import functools
 import time
 import warnings
 from typing import Any, List, Optional
@@ -22,16 +21,16 @@ from typing import Any, List, Optional
 import torch
 from torch import nn
 
-from lightcache._hook_order import register_at, remove_exactly
+from lightcache.hookset import HookSet
 from lightcache.adapters.base import ModelAdapter
 from lightcache import parallel as _parallel
-from lightcache.memory.chunk import install_chunking, remove_chunking
+from lightcache.memory.chunk import install_chunking
 from lightcache.memory.decode import sliced_decode
 from lightcache._live_bytes import LiveBytes
 from lightcache.memory.meter import StageTracker
 from lightcache.memory.store import DeviceStore
-from lightcache.policies.base import CachePolicy, CallInfo
-from lightcache.reporting import Report
+from lightcache.policies.base import CachePolicy, CallInfo, RunContext
+from lightcache.reporting import Recorder, Report
 
 DENOISER_HOOK = "lightcache.denoiser"
 BLOCK_HOOK = "lightcache.block"
@@ -88,35 +87,52 @@ def _like_output(template: Any, sample: torch.Tensor) -> Any:
 
 
 class _StageClock:
-    """Wall time (CUDA: synchronised) and, on CUDA, the allocator's peak of one stage invocation.
-    CPU memory peaks come from the memory plan's tracker, not from here."""
+    """Time and (when metered) peak memory of one stage invocation. CPU peaks come from the memory
+    plan's tracker. On CUDA nothing waits for the device: times come from CUDA events read when the
+    report is made; allocator peaks only with ``MemoryPlan(cuda_peaks=True)``, a measurement mode
+    that synchronises and resets the allocator's peak counter at each stage invocation."""
 
-    def __init__(self, device: torch.device, run_bytes=None):
+    def __init__(self, device: torch.device, run_bytes=None, cuda_peaks: bool = False):
         self.cuda = device.type == "cuda"
         self.device = device
+        self.cuda_peaks = self.cuda and cuda_peaks
         self.tracker = StageTracker(run_bytes) if run_bytes is not None and not self.cuda else None
+        self._events = None
+        self.peak = self.end_bytes = None
+        self.start = self.end = None
 
     def __enter__(self):
-        if self.cuda:
+        if self.cuda_peaks:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.cuda:
+            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            self._events[0].record()
         if self.tracker is not None:
             self.tracker.__enter__()
         self.start = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
-        self.peak = self.end_bytes = None
-        if self.cuda:
+        if self.cuda_peaks:
             torch.cuda.synchronize(self.device)
             self.peak = torch.cuda.max_memory_allocated(self.device)
-            self.end_bytes = torch.cuda.memory_allocated(self.device)
+        if self.cuda:
+            self.end_bytes = torch.cuda.memory_allocated(self.device)  # host-side counter: no sync
+            if self._events is not None:
+                self._events[1].record()
         if self.tracker is not None:
             self.tracker.__exit__(*exc)
             self.peak = self.tracker.peak
             self.end_bytes = self.tracker.live
         self.end = time.perf_counter()
-        self.seconds = self.end - self.start
+
+    def elapsed(self) -> float:
+        """Seconds of the invocation (on CUDA without cuda_peaks: waits for its end event)."""
+        if self._events is not None:
+            self._events[1].synchronize()
+            return self._events[0].elapsed_time(self._events[1]) / 1000.0
+        return self.end - self.start
 
 
 class Session:
@@ -129,7 +145,9 @@ class Session:
         self.memory = memory
         self.pipe = pipe
         self.blocks: List[nn.Module] = adapter.blocks(denoiser)
-        self.report = Report(num_blocks=len(self.blocks))
+        self.recorder = Recorder(num_blocks=len(self.blocks))
+        self.hooks = HookSet()  # everything installed for this session (undone by uninstall)
+        self.taps = None  # the pipeline's shared taps (_PipelineTaps), when enabled on a pipeline
         self.run_active = False
         self.step = 0
         self.num_steps: Optional[int] = None
@@ -159,58 +177,80 @@ class Session:
     def new_run(self, num_steps: Optional[int] = None) -> None:
         """A fresh pipeline call: every cached feature and decision of the previous one is dropped."""
         self.release_run_state()
+        if self.last_stage != "encode":  # this pipeline call had no encode stage before denoising
+            self._new_report()
         self.run_active = True
         self.step = 0
         self.num_steps = num_steps
         self._calls_in_step = []
         self._step_of_calls = -1
         self.store = self._make_store()
-        self.policy_state = self.policy.new_state() if self.policy is not None else None
-        if self.policy_state is not None:
-            self.policy_state.store = self.store
-            if hasattr(self.policy_state, "engine"):
-                self.policy_state.engine = self
-            if hasattr(self.policy_state, "parallel"):
-                self.policy_state.parallel = self.parallel
-        if self.last_stage != "encode":  # this pipeline call had no encode stage before denoising
-            self._new_report()
+        run = RunContext(
+            store=self.store,
+            adapter=self.adapter,
+            denoiser=self.denoiser,
+            num_blocks=len(self.blocks),
+            trial=self.trial,
+            parallel=self.parallel,
+        )
+        self.policy_state = self.policy.new_state(run) if self.policy is not None else None
         self.last_stage = "denoise"
 
     def _make_store(self):
-        if self.memory is not None and hasattr(self.memory, "make_store"):
+        if self.memory is not None:
             return self.memory.make_store(self)
         return DeviceStore()
 
     def release_run_state(self) -> None:
-        """Free cached features (end of a pipeline call); the report is kept."""
-        if self.store is not None:
-            self.report.cache_bytes = {
-                "device": self.store.device_peak,
-                "host": self.store.host_peak,
-                "largest_feature": getattr(self.store, "max_feature_bytes", 0),
-            }
-            self.store.clear()
-        self.store = None
+        """Free cached features and per-run state; the report of the call is kept."""
+        store, self.store = self.store, None
         self.policy_state = None
         self._templates = {}
         self.run_active = False
+        self._current_call = None
+        self._original_forward = None
+        self._call_args = None
+        self.in_trial = False
+        if store is not None:
+            if not self.recorder.closed:
+                self.recorder.set_cache_bytes(
+                    {"device": store.device_peak, "host": store.host_peak,
+                     "largest_feature": getattr(store, "max_feature_bytes", 0)}
+                )
+            store.clear()  # closes the swap store's rings
+
+    def end_run(self) -> None:
+        """The pipeline call is over (it returned, or raised): free its cache, close its report."""
+        self.release_run_state()
+        self.recorder.close()
+        self.run_bytes = None
+        self.last_stage = None
 
     def end_step(self) -> None:
         self.step += 1
 
     def clock(self) -> "_StageClock":
-        if getattr(self.memory, "cpu_tracker", False) and self.run_bytes is None:
+        cpu_tracker = getattr(self.memory, "cpu_tracker", False)
+        if cpu_tracker and self.run_bytes is None:
             self.run_bytes = LiveBytes()
-        return _StageClock(self.device, run_bytes=self.run_bytes if getattr(self.memory, "cpu_tracker", False) else None)
+        return _StageClock(
+            self.device,
+            run_bytes=self.run_bytes if cpu_tracker else None,
+            cuda_peaks=bool(getattr(self.memory, "cuda_peaks", False)),
+        )
 
     def _new_report(self) -> None:
         """A new pipeline call: fresh report and a fresh CPU byte count for its stages."""
-        self.report.reset()
+        self.recorder = Recorder(num_blocks=len(self.blocks))
         self.run_bytes = None
         self._fit_warned = False
         # MemoryPlan.fit_bytes counts what a call allocates beyond what it starts with (CUDA peaks
         # are absolute; the CPU tracker's are already relative to the call)
         self._run_base_bytes = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
+
+    def report(self) -> Report:
+        """An immutable snapshot of the last (or the current) pipeline call."""
+        return self.recorder.snapshot(store=self.store)
 
     def _check_fit(self, stage: str, peak: Optional[int]) -> None:
         """Warn once per pipeline call when a stage's working memory exceeded MemoryPlan.fit_bytes."""
@@ -229,14 +269,18 @@ class Session:
             )
 
     def stage(self, name: str, fn, args, kwargs):
-        """Run one invocation of the encode or decode stage, timed and (CUDA) peak-measured."""
+        """Run one invocation of the encode or decode stage, timed and (when metered) peak-measured.
+        An exception ends the pipeline call: nothing of it stays behind."""
         if name == "encode" and self.last_stage != "encode":
             self._new_report()  # the first stage of a new pipeline call
         self.last_stage = name
-        with self.clock() as clock:
-            out = fn(*args, **kwargs)
-        self.report.add_stage(name, clock.seconds, clock.peak)
-        self.report.sample(name, clock, self.store)
+        try:
+            with self.clock() as clock:
+                out = fn(*args, **kwargs)
+        except BaseException:
+            self.end_run()
+            raise
+        self.recorder.stage(name, clock, self.store)
         self._check_fit(name, clock.peak)
         return out
 
@@ -257,6 +301,8 @@ class Session:
         """Step, branch and leadership of the denoiser call about to run."""
         name = getattr(ctx, "name", None) if ctx is not None else None
         if self.uses_scheduler:
+            if self.taps is not None:
+                self.taps.follow_scheduler()  # pipe.scheduler replaced since enable(): tap the new one
             if not self.run_active:
                 raise RuntimeError(
                     "lightcache: the denoiser was called outside a pipeline run (the pipeline's scheduler "
@@ -342,13 +388,28 @@ class Session:
                 f"lightcache: {type(self.denoiser).__name__}.enable_parallelism() was called after "
                 "lightcache.enable(); call lightcache.enable() again after enable_parallelism()"
             )
-        call = self.call_info(ctx, args, kwargs)
+        try:
+            call = self.call_info(ctx, args, kwargs)
+            with self.clock() as clock:
+                out = self._denoise_call(call, original_forward, args, kwargs)
+        except BaseException:
+            # the pipeline call is aborted: free the cache, close rings, leave no per-call state
+            self.end_run()
+            raise
+        finally:
+            self._current_call = None
+            self._original_forward = None
+            self._call_args = None
+        self.recorder.call(call, computed=self._computed, blocks_computed=self.blocks_run, clock=clock, store=self.store)
+        self._check_fit("denoise", clock.peak)
+        return out
+
+    def _denoise_call(self, call: CallInfo, original_forward, args, kwargs):
         x = self.adapter.sample(args, kwargs)
         self.blocks_run = 0
         self._current_call = call
         self._original_forward = original_forward
         self._call_args = (args, kwargs)
-        clock = self.clock().__enter__()
         policy, state = self.policy, self.policy_state
         compute = True if policy is None else policy.should_compute(state, call, x)
         if compute:
@@ -365,14 +426,9 @@ class Session:
                 out = _like_output(template, sample)
             else:
                 out = sample
-        if policy is not None and hasattr(policy, "after_call"):
+        if policy is not None:
             policy.after_call(state, call, x)
-        self._current_call = None
-        self._call_args = None
-        clock.__exit__(None, None, None)
-        self.report.record(call, computed=compute, blocks_computed=self.blocks_run, seconds=clock.seconds, peak=clock.peak)
-        self.report.sample("denoise", clock, self.store)
-        self._check_fit("denoise", clock.peak)
+        self._computed = compute
         return out
 
 
@@ -394,7 +450,7 @@ class _DenoiserHook(_model_hook_base()):
 
     def reset_state(self, module):
         # called by diffusers at the end of a pipeline call (maybe_free_model_hooks): free the cache
-        self.session.release_run_state()
+        self.session.end_run()
         return module
 
 
@@ -415,25 +471,6 @@ class _BlockHook(_model_hook_base()):
 # ---------------------------------------------------------------------------------------------
 
 
-def _wrap_method(obj, name: str, make_wrapper, wrapped: list) -> None:
-    """Shadow ``obj.name`` with an instance attribute (undone by :func:`_unwrap_methods`, which puts
-    back exactly what was there: another instance attribute, or nothing)."""
-    had = name in vars(obj)
-    before = vars(obj).get(name)
-    original = getattr(obj, name)
-    setattr(obj, name, functools.wraps(original)(make_wrapper(original)))
-    wrapped.append((obj, name, had, before))
-
-
-def _unwrap_methods(wrapped: list) -> None:
-    for obj, name, had, before in reversed(wrapped):
-        if had:
-            setattr(obj, name, before)
-        elif name in vars(obj):
-            delattr(obj, name)
-    wrapped.clear()
-
-
 def install(sessions: List[Session], pipe=None) -> None:
     """Register every session's hooks and, given the pipeline, its taps (shared by all the
     pipeline's denoisers, e.g. Wan 2.2's two experts); on any failure undo everything, re-raise."""
@@ -441,7 +478,7 @@ def install(sessions: List[Session], pipe=None) -> None:
         for session in sessions:
             _install_hooks(session)
         if pipe is not None:
-            _install_pipeline_taps(sessions, pipe)
+            _PipelineTaps(sessions, pipe).install()
     except BaseException:
         for session in sessions:
             uninstall(session)
@@ -449,77 +486,112 @@ def install(sessions: List[Session], pipe=None) -> None:
 
 
 def _install_hooks(session: Session) -> None:
-    registry_cls = _registry_cls()
-    created = []  # modules whose registry we created (removed again on uninstall when empty)
-    session._created_registries = created
-    session._no_forward_attr = []
-    session._wrapped = []
-    for i, module in enumerate([session.denoiser] + session.blocks):
-        if not hasattr(module, "_diffusers_hook"):
-            created.append(module)
-        if "forward" not in vars(module):  # a registry leaves an instance forward behind
-            session._no_forward_attr.append(module)
-        reg = registry_cls.check_if_exists_or_initialize(module)
-        if i == 0:
-            reg.register_hook(_DenoiserHook(session), DENOISER_HOOK)
-        else:
-            _register_inside_cp(reg, _BlockHook(session, i - 1), BLOCK_HOOK)
-    registry_cls.check_if_exists_or_initialize(session.denoiser).invalidate_child_registries_cache()
+    hooks = session.hooks
+    hooks.register(session.denoiser, _DenoiserHook(session), DENOISER_HOOK)
+    for i, block in enumerate(session.blocks):
+        hooks.register(block, _BlockHook(session, i), BLOCK_HOOK, position=_beneath_cp_hooks)
+    _registry_cls().check_if_exists_or_initialize(session.denoiser).invalidate_child_registries_cache()
     chunk = getattr(session.memory, "chunk_size", None)
-    session._chunked = (
-        install_chunking(session.blocks, chunk, getattr(session.memory, "chunk_budget", None), model=session.denoiser)
-        if chunk
-        else []
-    )
+    if chunk:
+        install_chunking(session.blocks, chunk, getattr(session.memory, "chunk_budget", None),
+                         model=session.denoiser, hooks=hooks)
     setattr(session.denoiser, _SESSION_ATTR, session)
+    hooks.add_undo(lambda: delattr(session.denoiser, _SESSION_ATTR)
+                   if getattr(session.denoiser, _SESSION_ATTR, None) is session else None)
 
 
-def _register_inside_cp(reg, hook, name: str) -> None:
-    """Register ``hook`` beneath diffusers' context-parallel hooks of the module: they shard the
-    block's inputs (Wan: at blocks.0), and a block hook must see and return this rank's shard."""
+def _beneath_cp_hooks(reg) -> int:
+    """Where a block hook goes in a block's registry: beneath diffusers' context-parallel hooks,
+    which shard the block's inputs (Wan: at blocks.0): a block hook must see and return this rank's
+    shard."""
     names = list(reg.hooks)
-    first = next((k for k, n in enumerate(names) if n.startswith(_parallel.CP_HOOK_PREFIXES)), len(names))
-    register_at(reg, hook, name, first)
+    return next((k for k, n in enumerate(names) if n.startswith(_parallel.CP_HOOK_PREFIXES)), len(names))
 
 
-def _install_pipeline_taps(sessions: List[Session], pipe) -> None:
-    scheduler = getattr(pipe, "scheduler", None)
-    if scheduler is None or not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "step"):
-        raise ValueError(
-            f"pipe: {type(pipe).__name__} has no scheduler with set_timesteps/step; "
-            "pass the denoiser instead and run it inside cache_context(step_index=...)"
-        )
-    primary = sessions[0]  # owns the wrappers and the encode/decode stages
+class _PipelineTaps:
+    """The pipeline-level taps shared by all the pipeline's denoisers: the scheduler's
+    ``set_timesteps`` (a run starts) and ``step`` (a step ends), the encode/decode stages, sliced
+    decode, and ``maybe_free_model_hooks`` (every diffusers pipeline calls it as its call ends: the
+    run's cache is freed there, whatever the model class). The first session owns them."""
 
-    def tap_set_timesteps(original):
-        def set_timesteps(*args, **kwargs):
-            result = original(*args, **kwargs)
-            for session in sessions:
-                session.new_run(num_steps=len(scheduler.timesteps))
-            return result
+    def __init__(self, sessions: List[Session], pipe):
+        self.sessions = sessions
+        self.pipe = pipe
+        self.primary = sessions[0]
+        self.scheduler = None
+        self._scheduler_hooks: Optional[HookSet] = None
 
-        return set_timesteps
+    def install(self) -> None:
+        pipe, primary, hooks = self.pipe, self.primary, self.primary.hooks
+        _check_scheduler(pipe, getattr(pipe, "scheduler", None))
+        memory = primary.memory
+        if getattr(memory, "decode_slices", None) is not None or getattr(memory, "decode_budget", None) is not None:
+            vae = getattr(pipe, "vae", None)  # inside the decode stage's meter, so its peak shows the effect
+            hooks.wrap_method(vae, "decode", sliced_decode(vae, memory))
+        self._tap_scheduler(pipe.scheduler)
+        hooks.add_undo(self._untap_scheduler)
+        for owner, method, stage in _STAGE_METHODS:
+            obj = pipe if owner is None else getattr(pipe, owner, None)
+            if obj is not None and callable(getattr(obj, method, None)):
+                hooks.wrap_method(obj, method, self._tap_stage(stage))
+        if callable(getattr(pipe, "maybe_free_model_hooks", None)):
+            hooks.wrap_method(pipe, "maybe_free_model_hooks", self._tap_call_end)
+        for session in self.sessions:
+            session.uses_scheduler = True
+            session.taps = self
 
-    def tap_step(original):
-        def step(*args, **kwargs):
-            result = original(*args, **kwargs)
-            for session in sessions:
-                session.end_step()
-            return result
+    def _tap_scheduler(self, scheduler) -> None:
+        sessions = self.sessions
 
-        return step
+        def tap_set_timesteps(original):
+            def set_timesteps(*args, **kwargs):
+                result = original(*args, **kwargs)
+                for session in sessions:
+                    session.new_run(num_steps=len(scheduler.timesteps))
+                return result
 
-    memory = primary.memory
-    if getattr(memory, "decode_slices", None) is not None or getattr(memory, "decode_budget", None) is not None:
-        # inside the decode stage's meter, so its peak shows the effect
-        vae = getattr(pipe, "vae", None)
-        _wrap_method(vae, "decode", sliced_decode(vae, memory), primary._wrapped)
-    _wrap_method(scheduler, "set_timesteps", tap_set_timesteps, primary._wrapped)
-    _wrap_method(scheduler, "step", tap_step, primary._wrapped)
-    for session in sessions:
-        session.uses_scheduler = True
+            return set_timesteps
 
-    def tap_stage(name):
+        def tap_step(original):
+            def step(*args, **kwargs):
+                try:
+                    result = original(*args, **kwargs)
+                except BaseException:
+                    for session in sessions:
+                        session.end_run()
+                    raise
+                for session in sessions:
+                    session.end_step()
+                return result
+
+            return step
+
+        hooks = HookSet()
+        hooks.wrap_method(scheduler, "set_timesteps", tap_set_timesteps)
+        hooks.wrap_method(scheduler, "step", tap_step)
+        self.scheduler, self._scheduler_hooks = scheduler, hooks
+
+    def _untap_scheduler(self) -> None:
+        if self._scheduler_hooks is not None:
+            self._scheduler_hooks.undo()
+        self.scheduler = self._scheduler_hooks = None
+
+    def follow_scheduler(self) -> None:
+        """``pipe.scheduler`` was replaced after enable(): move the taps to the new scheduler (the
+        old one gets its own methods back). Its set_timesteps ran untapped, so the run starts here."""
+        current = getattr(self.pipe, "scheduler", None)
+        if current is self.scheduler:
+            return
+        _check_scheduler(self.pipe, current)
+        self._untap_scheduler()
+        self._tap_scheduler(current)
+        steps = getattr(current, "timesteps", None)
+        for session in self.sessions:
+            session.new_run(num_steps=len(steps) if steps is not None else None)
+
+    def _tap_stage(self, name):
+        primary = self.primary
+
         def make(original):
             def staged(*args, **kwargs):
                 return primary.stage(name, original, args, kwargs)
@@ -528,34 +600,38 @@ def _install_pipeline_taps(sessions: List[Session], pipe) -> None:
 
         return make
 
-    for owner, method, stage in _STAGE_METHODS:
-        obj = pipe if owner is None else getattr(pipe, owner, None)
-        if obj is not None and callable(getattr(obj, method, None)):
-            _wrap_method(obj, method, tap_stage(stage), primary._wrapped)
+    def _tap_call_end(self, original):
+        sessions = self.sessions
+
+        def maybe_free_model_hooks(*args, **kwargs):
+            try:
+                return original(*args, **kwargs)
+            finally:
+                for session in sessions:
+                    session.end_run()
+
+        return maybe_free_model_hooks
+
+
+def _check_scheduler(pipe, scheduler) -> None:
+    if scheduler is None or not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "step"):
+        raise ValueError(
+            f"pipe: {type(pipe).__name__}'s scheduler ({type(scheduler).__name__}) has no set_timesteps/step; "
+            "pass the denoiser instead and run it inside cache_context(step_index=...)"
+        )
 
 
 def uninstall(session: Session) -> None:
-    remove_chunking(getattr(session, "_chunked", []))
-    _unwrap_methods(getattr(session, "_wrapped", []))
-    for module in [session.denoiser] + session.blocks:
-        reg = getattr(module, "_diffusers_hook", None)
-        if reg is None:
-            continue
-        for name in (DENOISER_HOOK, BLOCK_HOOK):
-            if name in reg.hooks:
-                remove_exactly(reg, name)  # the block hook sits beneath diffusers' CP hooks
-        if reg.hooks:
-            continue
-        if module in getattr(session, "_created_registries", []):
-            del module._diffusers_hook
-        if any(m is module for m in getattr(session, "_no_forward_attr", [])) and "forward" in vars(module):
-            del module.forward  # the registry's bound original: the class's forward is the same
-    reg = getattr(session.denoiser, "_diffusers_hook", None)
-    if reg is not None:
-        reg.invalidate_child_registries_cache()
-    session.release_run_state()
-    if getattr(session.denoiser, _SESSION_ATTR, None) is session:
-        delattr(session.denoiser, _SESSION_ATTR)
+    """Undo everything enable() did for ``session`` and free its run state; its report is kept."""
+    try:
+        session.hooks.undo()
+    finally:
+        session.uses_scheduler = False
+        session.taps = None
+        session.end_run()
+        reg = getattr(session.denoiser, "_diffusers_hook", None)
+        if reg is not None:
+            reg.invalidate_child_registries_cache()
 
 
 def session_of(model: nn.Module) -> Optional[Session]:

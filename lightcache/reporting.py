@@ -1,14 +1,24 @@
-"""What the last pipeline call did: per-call decisions, reuse ratio, time and memory per stage."""
+"""What a pipeline call did: per-call decisions, reuse ratio, time and memory per stage.
+
+The engine records into a :class:`Recorder` (one per pipeline call, mutable, private to the
+engine); ``lightcache.report(pipe)`` hands out a :class:`Report`, an immutable snapshot: a later
+call, ``enable`` or ``disable`` never changes a report already returned.
+
+Times: on CPU wall-clock seconds; on CUDA the time between CUDA events recorded at the start and
+end of each stage invocation (no host synchronisation while the pipeline runs: the events are read
+when the report is made).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Dict, List, Mapping, Optional, Tuple
 
 STAGES = ("encode", "denoise", "decode")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Decision:
     step: int
     branch: str  # "cond", "uncond" or "joint"
@@ -18,65 +28,29 @@ class Decision:
     seconds: float
 
 
-@dataclass
+def _frozen(d: dict) -> Mapping:
+    return MappingProxyType(dict(d))
+
+
+@dataclass(frozen=True)
 class Report:
+    """An immutable snapshot of one pipeline call.
+
+    decisions: one :class:`Decision` per denoiser call, in order.
+    peak_bytes: stage -> peak bytes (CUDA allocator with ``MemoryPlan(cuda_peaks=True)``, CPU
+        tracker with ``MemoryPlan(cpu_tracker=True)``; None when not metered).
+    cache_bytes: "device" / "host" high-water marks of the cached features, "largest_feature".
+    seconds: stage -> seconds.
+    timeline: one mapping per stage invocation (stage, start_s/end_s, peak_bytes, end_bytes,
+        cache_device_bytes, cache_host_bytes).
+    """
+
     num_blocks: int = 0
-    decisions: List[Decision] = field(default_factory=list)
-    peak_bytes: Dict[str, Optional[int]] = field(default_factory=lambda: {s: None for s in STAGES})
-    cache_bytes: Dict[str, int] = field(default_factory=lambda: {"device": 0, "host": 0})
-    seconds: Dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
-    #: one entry per stage invocation (each encode/decode call, each denoiser call), in order:
-    #: stage, start_s/end_s (perf_counter), peak_bytes and end_bytes (CUDA allocator or CPU
-    #: tracker; None when not metered), cache_device_bytes/cache_host_bytes after it
-    timeline: List[dict] = field(default_factory=list)
-
-    def reset(self) -> None:
-        self.decisions = []
-        self.peak_bytes = {s: None for s in STAGES}
-        self.cache_bytes = {"device": 0, "host": 0}
-        self.seconds = {s: 0.0 for s in STAGES}
-        self.timeline = []
-
-    def sample(self, stage: str, clock, store) -> None:
-        self.timeline.append(
-            dict(
-                stage=stage,
-                start_s=clock.start,
-                end_s=clock.end,
-                peak_bytes=clock.peak,
-                end_bytes=clock.end_bytes,
-                cache_device_bytes=getattr(store, "device_bytes", 0) if store is not None else 0,
-                cache_host_bytes=getattr(store, "host_bytes", 0) if store is not None else 0,
-            )
-        )
-
-    def record(self, call, *, computed: bool, blocks_computed: int, seconds: float, peak: Optional[int] = None) -> None:
-        self.decisions.append(
-            Decision(call.step, call.branch, computed, blocks_computed, self.num_blocks, seconds)
-        )
-        self.add_stage("denoise", seconds, peak)
-
-    def add_stage(self, stage: str, seconds: float, peak: Optional[int] = None) -> None:
-        """Account one invocation of a stage: time adds up, the peak is the maximum."""
-        self.seconds[stage] += seconds
-        if peak is not None:
-            old = self.peak_bytes[stage]
-            self.peak_bytes[stage] = peak if old is None else max(old, peak)
-
-    @classmethod
-    def merge(cls, reports: List["Report"]) -> "Report":
-        """One report for several denoisers of one pipeline (the first owns encode/decode)."""
-        merged = cls(num_blocks=reports[0].num_blocks)
-        merged.decisions = sorted((d for r in reports for d in r.decisions), key=lambda d: d.step)
-        merged.seconds = dict(reports[0].seconds)
-        merged.seconds["denoise"] = sum(r.seconds["denoise"] for r in reports)
-        merged.peak_bytes = dict(reports[0].peak_bytes)
-        peaks = [r.peak_bytes["denoise"] for r in reports if r.peak_bytes["denoise"] is not None]
-        merged.peak_bytes["denoise"] = max(peaks) if peaks else None
-        # each expert's high-water mark, added: an upper bound of the two together
-        merged.cache_bytes = {k: sum(r.cache_bytes.get(k, 0) for r in reports) for k in reports[0].cache_bytes}
-        merged.timeline = sorted((t for r in reports for t in r.timeline), key=lambda t: t["start_s"])
-        return merged
+    decisions: Tuple[Decision, ...] = ()
+    peak_bytes: Mapping[str, Optional[int]] = field(default_factory=lambda: _frozen({s: None for s in STAGES}))
+    cache_bytes: Mapping[str, int] = field(default_factory=lambda: _frozen({"device": 0, "host": 0}))
+    seconds: Mapping[str, float] = field(default_factory=lambda: _frozen({s: 0.0 for s in STAGES}))
+    timeline: Tuple[Mapping, ...] = ()
 
     @property
     def reuse_ratio(self) -> float:
@@ -90,6 +64,110 @@ class Report:
         return [d.computed for d in self.decisions if branch is None or d.branch == branch]
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        d["reuse_ratio"] = self.reuse_ratio
-        return d
+        """Plain JSON-ready dicts and lists (a copy: editing it changes nothing)."""
+        return dict(
+            num_blocks=self.num_blocks,
+            decisions=[{f.name: getattr(d, f.name) for f in fields(d)} for d in self.decisions],
+            peak_bytes=dict(self.peak_bytes),
+            cache_bytes=dict(self.cache_bytes),
+            seconds=dict(self.seconds),
+            timeline=[dict(t) for t in self.timeline],
+            reuse_ratio=self.reuse_ratio,
+        )
+
+    @classmethod
+    def merge(cls, reports: List["Report"]) -> "Report":
+        """One report for several denoisers of one pipeline (the first owns encode/decode)."""
+        first = reports[0]
+        seconds = dict(first.seconds)
+        seconds["denoise"] = sum(r.seconds["denoise"] for r in reports)
+        peak = dict(first.peak_bytes)
+        peaks = [r.peak_bytes["denoise"] for r in reports if r.peak_bytes["denoise"] is not None]
+        peak["denoise"] = max(peaks) if peaks else None
+        # each expert's high-water mark, added: an upper bound of the two together
+        cache = {k: sum(r.cache_bytes.get(k, 0) for r in reports) for k in first.cache_bytes}
+        return cls(
+            num_blocks=first.num_blocks,
+            decisions=tuple(sorted((d for r in reports for d in r.decisions), key=lambda d: d.step)),
+            peak_bytes=_frozen(peak),
+            cache_bytes=_frozen(cache),
+            seconds=_frozen(seconds),
+            timeline=tuple(sorted((t for r in reports for t in r.timeline), key=lambda t: t["start_s"])),
+        )
+
+
+class Recorder:
+    """The engine's record of one pipeline call; :meth:`snapshot` makes the user's :class:`Report`.
+
+    Stage invocations are kept with their clocks (lightcache.engine._StageClock) so that CUDA event
+    times are read only when a snapshot is made, never while the pipeline runs."""
+
+    def __init__(self, num_blocks: int):
+        self.num_blocks = num_blocks
+        self._calls: list = []  # (call, computed, blocks_computed, clock)
+        self._stages: list = []  # (stage, clock, cache_device_bytes, cache_host_bytes)
+        self.cache_bytes: Dict[str, int] = {"device": 0, "host": 0}
+        self.closed = False  # the call ended: nothing is recorded into it any more
+        self._snapshot: Optional[Report] = None
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("lightcache internal error: recording into a finished call's report")
+
+    def stage(self, stage: str, clock, store) -> None:
+        """One invocation of ``stage`` (the denoiser calls are recorded with :meth:`call`)."""
+        self._check_open()
+        self._snapshot = None
+        self._stages.append(
+            (stage, clock, getattr(store, "device_bytes", 0) if store is not None else 0,
+             getattr(store, "host_bytes", 0) if store is not None else 0)
+        )
+
+    def call(self, call, *, computed: bool, blocks_computed: int, clock, store) -> None:
+        self._check_open()
+        self._calls.append((call, computed, blocks_computed, clock))
+        self.stage("denoise", clock, store)
+
+    def set_cache_bytes(self, values: Dict[str, int]) -> None:
+        self._snapshot = None
+        self.cache_bytes = dict(values)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def snapshot(self, store=None) -> Report:
+        """The immutable report (memoised once the call has ended). ``store``: the live store of a
+        call still running, for its cache high-water marks so far."""
+        if self.closed and self._snapshot is not None:
+            return self._snapshot
+        seconds = {s: 0.0 for s in STAGES}
+        peaks: Dict[str, Optional[int]] = {s: None for s in STAGES}
+        timeline = []
+        for stage, clock, dev, host in self._stages:
+            secs = clock.elapsed()
+            seconds[stage] += secs
+            if clock.peak is not None:
+                peaks[stage] = clock.peak if peaks[stage] is None else max(peaks[stage], clock.peak)
+            timeline.append(
+                _frozen(dict(stage=stage, start_s=clock.start, end_s=clock.start + secs, peak_bytes=clock.peak,
+                             end_bytes=clock.end_bytes, cache_device_bytes=dev, cache_host_bytes=host))
+            )
+        decisions = tuple(
+            Decision(c.step, c.branch, computed, blocks, self.num_blocks, clock.elapsed())
+            for c, computed, blocks, clock in self._calls
+        )
+        cache = dict(self.cache_bytes)
+        if store is not None and not self.closed:
+            cache = {"device": store.device_peak, "host": store.host_peak,
+                     "largest_feature": getattr(store, "max_feature_bytes", 0)}
+        report = Report(
+            num_blocks=self.num_blocks,
+            decisions=decisions,
+            peak_bytes=_frozen(peaks),
+            cache_bytes=_frozen(cache),
+            seconds=_frozen(seconds),
+            timeline=tuple(timeline),
+        )
+        if self.closed:
+            self._snapshot = report
+        return report

@@ -58,7 +58,7 @@ def _reductions(rank: int, world: int) -> dict:
 
     from lightcache.parallel import ContextParallel
     from lightcache.policies import PreciseCache
-    from lightcache.policies.base import global_means, part_mean_abs, part_mean_abs_diff
+    from lightcache.policies.base import RunContext, global_means, part_mean_abs, part_mean_abs_diff
 
     par = ContextParallel(group=dist.group.WORLD, rank=rank, world_size=world)
     g = torch.Generator().manual_seed(1)
@@ -73,8 +73,7 @@ def _reductions(rank: int, world: int) -> dict:
         res["rel_l1"].append((got, ref, n1, t1))
     # low-frequency energy: each rank's frames, energies summed
     policy = PreciseCache(mode="flash")
-    state = policy.new_state()
-    state.parallel = par
+    state = policy.new_state(RunContext(store=None, adapter=None, parallel=par))
     state.prev_signal_input = b
     s = policy._resolve(state, policy._local_energy(state, a))
     res["lowfreq"] = (s, float(torch.ops.lightcache.lowfreq_energy(a, b, policy.radius_ratio)))
@@ -87,8 +86,7 @@ def _reductions(rank: int, world: int) -> dict:
     # mean|D_j| = (1, 2, 3): with 40 % pivotal (2 of 3) blocks 1 and 2 are pivotal; rank 0's shard
     # alone, (1.9, 0.1, 3.0), would pick blocks 0 and 2.
     local = {0: (1.9, 0.1, 3.0), 1: (0.1, 3.9, 3.0)}[rank]
-    state = policy.new_state()
-    state.parallel = par
+    state = policy.new_state(RunContext(store=None, adapter=None, parallel=par))
     state.block_scores = {("cond", j): (torch.tensor([v]), [6 * 24]) for j, v in enumerate(local)}
     policy._rank(state, "cond")
     policy._resolve(state)

@@ -281,8 +281,8 @@ def test_wan22_two_experts_each_cached_and_restored():
         assert torch.equal(run(pipe, kwargs), ref)
         s1 = pipe.transformer._lightcache_session
         s2 = pipe.transformer_2._lightcache_session
-        steps1 = {d.step for d in s1.report.decisions}
-        steps2 = {d.step for d in s2.report.decisions}
+        steps1 = {d.step for d in s1.report().decisions}
+        steps2 = {d.step for d in s2.report().decisions}
         # the experts split the run at the boundary, each under its own session
         assert steps1 and steps2 and steps1.isdisjoint(steps2) and steps1 | steps2 == set(range(10))
         assert max(steps1) < min(steps2)

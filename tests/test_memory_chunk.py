@@ -30,6 +30,7 @@ from lightcache.memory.chunk_attention import QueryChunkedSDPA
 from lightcache.memory import chunk_dit
 from lightcache.memory.chunk_dit import DitChunkHook
 from lightcache.engine import BLOCK_HOOK, session_of
+from lightcache.hookset import HookSet
 from lightcache.memory.meter import StageTracker
 
 from tiny_pipelines import FAMILIES, build, denoiser, output_of
@@ -508,7 +509,7 @@ def _block_call(model, kw, block):
 
 def _tracked(block, call, chunk=None, generic=False, monkeypatch=None):
     args, kwargs = call
-    hooked = install_chunking([block], chunk) if chunk else []
+    hooked = install_chunking([block], chunk) if chunk else HookSet()
     try:
         with monkeypatch.context() as mp:
             if generic:  # force the whole-block path (FFN rows + query-chunked attention)
@@ -721,7 +722,7 @@ def test_auto_chunk_pipeline_matches_unchunked(family):
     budget = 8192  # the largest one-item minimum: a 32-channel 8x8 frame of an AnimateDiff up-block resnet
     lightcache.enable(pipe, policy=None, memory=MemoryPlan(chunk_size="auto", chunk_budget=budget))
     try:
-        hooked = session_of(denoiser(pipe))._chunked
+        hooked = session_of(denoiser(pipe)).hooks
         hooks = [h for name in (CHUNK_HOOK, ATTENTION_HOOK, UNET_HOOK, DIT_HOOK) for h in _hooks(hooked, name)]
         out = run(pipe, kwargs)
         splits = sum(h.split_calls for h in hooks)

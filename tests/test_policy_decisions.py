@@ -9,7 +9,7 @@ import torch
 import lightcache.ops  # noqa: F401
 from lightcache.memory.store import DeviceStore
 from lightcache.policies import DeepCache, EasyCache, PreciseCache
-from lightcache.policies.base import CallInfo
+from lightcache.policies.base import CallInfo, RunContext
 
 
 def trajectory(n=20, shape=(1, 4, 2, 8, 8), seed=0):
@@ -40,7 +40,7 @@ def easycache_reference(xs, vs, tau, warmup):
         else:
             eps = k * mean_abs(xs[t] - xs[t - 1]) / mean_abs(last[1])
             E += eps
-            compute = E >= tau
+            compute = not E < tau  # the authors' rule: reuse only while E < τ (a NaN E computes)
         if compute:
             E = 0.0
             if last is not None:
@@ -53,8 +53,7 @@ def easycache_reference(xs, vs, tau, warmup):
 
 def drive(policy, xs, vs, branches=("cond",), with_blocks=None):
     """Run a policy through a trajectory as the engine would; returns the leader's decisions and outputs."""
-    state = policy.new_state()
-    state.store = DeviceStore()
+    state = policy.new_state(_run(len(with_blocks) if with_blocks else 0))
     decisions, outputs = [], []
     n = len(xs)
     for t in range(n):
@@ -95,6 +94,37 @@ def test_easycache_reuses_and_outputs_x_plus_delta():
             assert torch.equal(out, vs[t])
         else:
             torch.testing.assert_close(out, xs[t] + last, rtol=0, atol=1e-6)
+
+
+def test_easycache_nan_accumulation_computes_and_resets():
+    """Identical inputs at two full computes give k = inf; an unchanged input next gives
+    ε = inf · 0 = NaN. The step must be computed (reuse only while E < τ) and E reset, so that
+    reuse resumes once the rate is finite again (before the fix every step up to the last reused)."""
+    shape = (1, 4, 2, 8, 8)
+    a = torch.full(shape, 0.5)
+    xs = [a, a, a, a + 1.0, a + 1.0 + 1e-3, a + 1.0 + 2e-3]
+    vs = [torch.full(shape, 1.0 + 0.1 * t) for t in range(len(xs))]
+    policy = EasyCache(threshold=0.05, warmup_steps=0)
+    state = policy.new_state(RunContext(store=DeviceStore(), adapter=None))
+    got, accumulated = [], []
+    for t, (x, v) in enumerate(zip(xs, vs)):
+        call = CallInfo(step=t, num_steps=len(xs), branch="cond", leader=True)
+        compute = policy.should_compute(state, call, x)
+        accumulated.append(state.accumulated)
+        if compute:
+            policy.after_compute(state, call, x, v)
+        else:
+            policy.reused_output(state, call, x)
+        policy.after_call(state, call, x)
+        got.append(compute)
+    # steps 0, 1: no rate yet; 2: NaN computes; 3: inf computes; 4: k·1e-3/1.3 < τ reuses; 5: last
+    assert got == [True, True, True, True, False, True]
+    assert got == easycache_reference(xs, vs, 0.05, 0)
+    assert math.isnan(state.epsilons[2].item())  # the case itself: ε_2 = inf · 0
+    assert math.isinf(state.epsilons[3].item())  # k still inf (x_2 == x_1), mean|x_3 − x_2| = 1
+    assert state.rate.item() == pytest.approx(0.1, rel=1e-5)  # from steps 2, 3: mean|Δv| 0.1 / mean|Δx| 1
+    assert accumulated[2] is None and accumulated[3] is None  # E reset after each computed step
+    torch.testing.assert_close(state.epsilons[4], torch.tensor(0.1 * 1e-3 / 1.3), rtol=1e-4, atol=0)
 
 
 def test_easycache_threshold_zero_never_reuses():
@@ -165,22 +195,18 @@ class _Block(torch.nn.Module):
         return hidden_states * (1 + self.scale) + self.scale
 
 
-class _FakeEngine:
-    def __init__(self, n_blocks):
-        from lightcache.adapters.base import ModelAdapter
-        from lightcache.reporting import Report
+def _run(n_blocks=0):
+    """The RunContext the engine would hand a policy: a device store, a one-stream adapter."""
+    from lightcache.adapters.base import ModelAdapter
 
-        self.adapter = ModelAdapter(family="fake", model_classes=())
-        self.report = Report(num_blocks=n_blocks)
+    return RunContext(store=DeviceStore(), adapter=ModelAdapter(family="fake", model_classes=()), num_blocks=n_blocks)
 
 
 def test_blockcache_pivotal_choice_and_refresh_window():
     scales = [0.01, 0.5, 0.02, 0.3, 0.05]  # |D_j| ranks blocks 1, 3 first
     blocks = [_Block(s) for s in scales]
     policy = PreciseCache(mode="flash", block_ratio=0.4, refresh_steps=3, warmup_ratio=1.0, signal="input")  # every step computed
-    state = policy.new_state()
-    state.store = DeviceStore()
-    state.engine = _FakeEngine(len(blocks))
+    state = policy.new_state(_run(len(blocks)))
     n = 7
     ran_per_step = []
     for t in range(n):
@@ -199,9 +225,7 @@ def test_blockcache_pivotal_choice_and_refresh_window():
 def test_blockcache_reused_block_is_input_plus_cached_residual():
     blocks = [_Block(0.5), _Block(0.01)]
     policy = PreciseCache(mode="flash", block_ratio=0.5, refresh_steps=2, warmup_ratio=1.0, signal="input")
-    state = policy.new_state()
-    state.store = DeviceStore()
-    state.engine = _FakeEngine(2)
+    state = policy.new_state(_run(2))
     outs = []
     for t in range(2):
         call = CallInfo(step=t, num_steps=2, branch="cond", leader=True)
@@ -292,10 +316,7 @@ class _SyncCounter(torch.overrides.TorchFunctionMode):
 def test_at_most_one_host_sync_per_denoiser_call(policy):
     xs, vs = trajectory()
     blocks = [_Block(s) for s in (0.01, 0.5, 0.02, 0.3, 0.05)]
-    state = policy.new_state()
-    state.store = DeviceStore()
-    if hasattr(state, "engine"):
-        state.engine = _FakeEngine(len(blocks))
+    state = policy.new_state(_run(len(blocks)))
     n = len(xs)
     per_call = []
     for t in range(n):

@@ -28,13 +28,12 @@ widest chunked intermediate fits a byte budget (:mod:`lightcache.memory.chunk_sp
 
 from __future__ import annotations
 
-import weakref
 from typing import List, Optional, Union
 
 import torch
 from torch import nn
 
-from lightcache._hook_order import register_at, remove_exactly
+from lightcache.hookset import HookSet
 from lightcache.memory.chunk_attention import QueryChunkedSDPA, sdpa_row_bytes
 from lightcache.memory.chunk_spec import ChunkSpec, chunk_hook_base
 
@@ -42,9 +41,6 @@ CHUNK_HOOK = "lightcache.chunk"  # on feed-forward layers
 UNET_HOOK = "lightcache.chunk.unet"  # on UNet resnets and transformer blocks
 ATTENTION_HOOK = "lightcache.chunk.attention"  # around each block
 DIT_HOOK = "lightcache.chunk.dit"  # directly on the forward of each DiT block of a known family
-_NAMES = (ATTENTION_HOOK, DIT_HOOK, UNET_HOOK, CHUNK_HOOK)
-_CREATED_REGISTRIES: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # registries install_chunking made
-_NO_FORWARD_ATTR: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # modules that had no instance forward
 
 
 def _feedforwards(blocks: List[nn.Module]) -> List[nn.Module]:
@@ -185,14 +181,14 @@ def install_chunking(
     chunk_size: Union[int, str],
     budget: Optional[int] = None,
     model: Optional[nn.Module] = None,
-) -> List[nn.Module]:
+    hooks: Optional[HookSet] = None,
+) -> HookSet:
     """Register the chunk hooks inside ``blocks`` (and, given the denoiser ``model``, inside its
     other modules with attention or feed-forward layers): every feed-forward layer, the
     query-chunked attention around each block, and the UNet modules of
-    :mod:`lightcache.memory.chunk_unet`. Returns the hooked modules (for :func:`remove_chunking`);
-    on failure nothing stays hooked."""
-    from diffusers.hooks.hooks import HookRegistry
-
+    :mod:`lightcache.memory.chunk_unet`. Records them in ``hooks`` (a new HookSet by default) and
+    returns it (iterate it for the hooked modules; :func:`remove_chunking` undoes it); on failure
+    nothing stays hooked."""
     import lightcache.ops  # noqa: F401  (registers torch.ops.lightcache.chunked_ffn)
     from lightcache.memory.chunk_dit import DitChunkHook, family_of
     from lightcache.memory.chunk_unet import unet_hooks
@@ -207,36 +203,21 @@ def install_chunking(
             plan.append((b, DitChunkHook(spec, family, own_hooks=(CHUNK_HOOK,)), DIT_HOOK))
         else:
             plan.append((b, AttentionChunkHook(spec), ATTENTION_HOOK))
-    done = []
+    mine = HookSet()  # what this call added (undone alone on failure)
     try:
         for module, hook, name in plan:
-            if not hasattr(module, "_diffusers_hook"):
-                _CREATED_REGISTRIES.add(module)
-                if "forward" not in vars(module):
-                    _NO_FORWARD_ATTR.add(module)
-            done.append(module)  # before registering: a refused hook still leaves a registry to undo
-            reg = HookRegistry.check_if_exists_or_initialize(module)
-            if name == DIT_HOOK:  # on the block's own forward: it runs it once per piece, which
-                register_at(reg, hook, name, 0)  # the hooks above (block caches, CP) must not see
-            else:
-                reg.register_hook(hook, name)
+            # DIT_HOOK sits on the block's own forward: it runs it once per piece, which the hooks
+            # above (block caches, CP) must not see
+            mine.register(module, hook, name, position=(lambda reg: 0) if name == DIT_HOOK else None)
     except BaseException:
-        remove_chunking(done)
+        mine.undo()
         raise
-    return done
+    if hooks is None:
+        return mine
+    hooks.extend(mine)
+    return hooks
 
 
-def remove_chunking(modules: List[nn.Module]) -> None:
-    for module in modules:
-        reg = getattr(module, "_diffusers_hook", None)
-        if reg is None:
-            continue
-        for name in _NAMES:
-            if name in reg.hooks:
-                remove_exactly(reg, name)
-        if module in _CREATED_REGISTRIES and not reg.hooks:  # leave the module as install found it
-            _CREATED_REGISTRIES.discard(module)
-            del module._diffusers_hook
-            if module in _NO_FORWARD_ATTR and "forward" in vars(module):
-                del module.forward  # the registry left the bound original there; the class's is the same
-            _NO_FORWARD_ATTR.discard(module)
+def remove_chunking(hooks: HookSet) -> None:
+    """Undo :func:`install_chunking`: every module is left as it was found."""
+    hooks.undo()

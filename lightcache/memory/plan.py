@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 
 _SWAP = ("off", "on", "auto")
+# ints reach torch ops (chunk sizes) and the C++ ring (byte counts) as int64
+_INT64_MAX = 2**63 - 1
 _CACHE_DTYPES = {None: None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
+
+
+def _show(value) -> str:
+    """``repr(value)`` for an error message, short even for a huge int (whose repr can itself fail)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"{'-' if value < 0 else ''}an int of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _opt_int(name: str, value, lo: int, unit: str, what: Optional[str] = None) -> Optional[int]:
+    """None, or ``value`` as a plain int in [lo, 2**63 - 1]: numpy integers are accepted (and
+    converted, so the plan stays equal to one written with literals); bool, floats (even 2.0, NaN,
+    inf), strings and lists are a ValueError naming the field and the range (``what``, if given)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= value <= _INT64_MAX:
+        raise ValueError(what or f"MemoryPlan.{name} must be None or an int >= {lo} ({unit}) below 2**63, got {_show(value)}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -71,8 +93,14 @@ class MemoryPlan:
         call whose stage peak exceeded N (CUDA allocator; on CPU with cpu_tracker) a
         ResourceWarning says by how much.
     cpu_tracker: on CPU, meter each stage's peak with the deterministic live-tensor tracker
-        (report.peak_bytes); slower, meant for tests and measurements. On CUDA the allocator's
-        peaks are always reported.
+        (report.peak_bytes); slower, meant for tests and measurements.
+    cuda_peaks: on CUDA, meter each stage invocation's allocator peak (report.peak_bytes): a
+        measurement mode that synchronises the device and resets the allocator's peak counter
+        (``torch.cuda.reset_peak_memory_stats``, so the caller's own ``max_memory_allocated()``
+        around the pipeline call no longer covers the whole call) at every stage invocation. Off,
+        nothing waits for the device and the user's counters are untouched; stage times come from
+        CUDA events and peak_bytes stays None. None (default): on with fit_bytes (its warning
+        needs the peaks), else off.
     """
 
     swap: Union[str, bool] = "auto"
@@ -89,40 +117,43 @@ class MemoryPlan:
     decode_to_host: Optional[bool] = None
     cpu_tracker: bool = False
     fit_bytes: Optional[int] = None
+    cuda_peaks: Optional[bool] = None
 
     def __post_init__(self):
+        def put(name, value):  # frozen: fields are stored normalised (plain str/int)
+            object.__setattr__(self, name, value)
+
         self._derive_from_fit_bytes()
         swap = self.swap
         if isinstance(swap, bool):
-            object.__setattr__(self, "swap", "on" if swap else "off")
-        elif swap not in _SWAP:
-            raise ValueError(f"MemoryPlan.swap must be one of {list(_SWAP)} or a bool, got {swap!r}")
+            put("swap", "on" if swap else "off")
+        elif isinstance(swap, str) and swap in _SWAP:
+            put("swap", str(swap))
+        else:
+            raise ValueError(f"MemoryPlan.swap must be one of {list(_SWAP)} or a bool, got {_show(swap)}")
         for name in ("device_cache_budget", "host_cache_budget"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise ValueError(f"MemoryPlan.{name} must be None or an int >= 0 (bytes), got {v!r}")
-        if self.cache_dtype not in _CACHE_DTYPES:
-            raise ValueError(f"MemoryPlan.cache_dtype must be one of None, 'bf16', 'fp8', got {self.cache_dtype!r}")
+            put(name, _opt_int(name, getattr(self, name), 0, "bytes"))
+        dt = self.cache_dtype
+        if not (dt is None or (isinstance(dt, str) and dt in _CACHE_DTYPES)):  # a list would not even hash
+            raise ValueError(f"MemoryPlan.cache_dtype must be one of None, 'bf16', 'fp8', got {_show(dt)}")
         c = self.chunk_size
-        if c is not None and c != "auto" and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
-            raise ValueError(f"MemoryPlan.chunk_size must be None, 'auto' or an int >= 1 (rows), got {c!r}")
-        b = self.chunk_budget
-        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
-            raise ValueError(f"MemoryPlan.chunk_budget must be None or an int >= 1 (bytes), got {b!r}")
-        if (c == "auto") != (b is not None):
+        auto = isinstance(c, str) and c == "auto"
+        if not auto:
+            what = f"MemoryPlan.chunk_size must be None, 'auto' or an int >= 1 (rows) below 2**63, got {_show(c)}"
+            put("chunk_size", _opt_int("chunk_size", c, 1, "rows", what))
+        b = _opt_int("chunk_budget", self.chunk_budget, 1, "bytes")
+        put("chunk_budget", b)
+        if auto != (b is not None):
             raise ValueError(
                 "MemoryPlan.chunk_budget goes with chunk_size='auto' (the chunk is sized from the budget) and only "
-                f"with it; got chunk_size={c!r}, chunk_budget={b!r}"
+                f"with it; got chunk_size={_show(c)}, chunk_budget={_show(b)}"
             )
-        d = self.decode_slices
-        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
-            raise ValueError(f"MemoryPlan.decode_slices must be None or an int >= 1 (frames), got {d!r}")
+        d = _opt_int("decode_slices", self.decode_slices, 1, "frames")
+        put("decode_slices", d)
         if not isinstance(self.decode_to_host, bool):
             raise TypeError(f"MemoryPlan.decode_to_host must be a bool, got {type(self.decode_to_host).__name__}")
         for name, low, unit in (("decode_budget", 1, "bytes"), ("decode_overlap", 0, "latent frames")):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-                raise ValueError(f"MemoryPlan.{name} must be None or an int >= {low} ({unit}), got {v!r}")
+            put(name, _opt_int(name, getattr(self, name), low, unit))
         if d is not None and self.decode_budget is not None:
             raise ValueError("MemoryPlan: give decode_slices or decode_budget, not both")
         if self.decode_to_host and d is None and self.decode_budget is None:
@@ -133,17 +164,21 @@ class MemoryPlan:
             raise ValueError(f"MemoryPlan.sync_store must be a bool, got {type(self.sync_store).__name__}")
         if not isinstance(self.cpu_tracker, bool):
             raise TypeError(f"MemoryPlan.cpu_tracker must be a bool, got {type(self.cpu_tracker).__name__}")
-        if self.pinned not in ("prefer", "require", "off"):
-            raise ValueError(f"MemoryPlan.pinned must be 'prefer', 'require' or 'off', got {self.pinned!r}")
+        if not isinstance(self.cuda_peaks, bool):
+            raise TypeError(f"MemoryPlan.cuda_peaks must be None or a bool, got {type(self.cuda_peaks).__name__}")
+        if not (isinstance(self.pinned, str) and self.pinned in ("prefer", "require", "off")):
+            raise ValueError(f"MemoryPlan.pinned must be 'prefer', 'require' or 'off', got {_show(self.pinned)}")
 
     def _derive_from_fit_bytes(self) -> None:
         n = self.fit_bytes
         if n is None:
             if self.decode_to_host is None:
                 object.__setattr__(self, "decode_to_host", False)
+            if self.cuda_peaks is None:
+                object.__setattr__(self, "cuda_peaks", False)
             return
-        if isinstance(n, bool) or not isinstance(n, int) or n < 8:
-            raise ValueError(f"MemoryPlan.fit_bytes must be None or an int >= 8 (bytes), got {n!r}")
+        n = _opt_int("fit_bytes", n, 8, "bytes")
+        object.__setattr__(self, "fit_bytes", n)
         derived = {"device_cache_budget": n // 4}
         if self.chunk_size is None and self.chunk_budget is None:
             derived.update(chunk_size="auto", chunk_budget=n // 8)
@@ -151,9 +186,25 @@ class MemoryPlan:
             derived["decode_budget"] = n - n // 4  # the cache budget stays reserved
         if self.decode_to_host is None:
             derived["decode_to_host"] = True
+        if self.cuda_peaks is None:
+            derived["cuda_peaks"] = True  # the over-budget warning needs the allocator's peaks
         for name, value in derived.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
+
+    def check_model(self, adapter, model, pipe=None) -> None:
+        """Refuse (ValueError) what this plan cannot do for ``model`` (and ``pipe``'s VAE), before
+        ``lightcache.enable`` changes anything."""
+        if self.decode_slices is not None or self.decode_budget is not None:
+            what = "decode_slices" if self.decode_slices is not None else "decode_budget"
+            if pipe is None:
+                raise ValueError(
+                    f"MemoryPlan.{what} slices the VAE decode of a pipeline: pass the pipeline to "
+                    "lightcache.enable(), not its denoiser"
+                )
+            from lightcache.memory.decode import check_decode_slicing
+
+            check_decode_slicing(getattr(pipe, "vae", None), self)
 
     def swaps_on(self, device: torch.device) -> bool:
         return self.swap == "on" or (self.swap == "auto" and device.type == "cuda")

@@ -5,21 +5,24 @@ denoiser call, whether the call is computed; a policy that works inside the mode
 DeepCache) also decides per block. Per-run state lives in an object the policy creates with
 ``new_state()``, owned by the engine and discarded at the start of every pipeline call.
 
-Cached tensors are never held by a policy directly: it puts them in the :class:`FeatureStore` it
-is handed (``state.store``), which is where the memory plan decides where they live (device, or
-swapped to the pinned host ring).
+What a policy may use of the engine is exactly the :class:`RunContext` handed to ``new_state``:
+the run's feature store, the model adapter, the denoiser, its block count, the trial forward and
+the context-parallel group. Cached tensors are never held by a policy directly: it puts them in
+the run's store (``run.store``), which is where the memory plan decides where they live (device,
+or swapped to the pinned host ring).
 
-Under diffusers' context parallelism (``state.parallel``, set by the engine; None in one process) a
-policy computes each metric as partial sums over this rank's part and reduces the sums of one
-decision together (:func:`global_means`, :func:`reduce_sums`): every rank then decides alike (see
+Under diffusers' context parallelism (``run.parallel``; None in one process) a policy computes each
+metric as partial sums over this rank's part and reduces the sums of one decision together
+(:func:`global_means`, :func:`reduce_sums`): every rank then decides alike (see
 lightcache.parallel).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -41,15 +44,43 @@ class CallInfo:
         return self.num_steps is not None and self.step >= self.num_steps - 1
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a policy may use of the engine during one pipeline call.
+
+    store: the run's FeatureStore (lightcache.memory.store): every cached tensor goes through it.
+    adapter: the denoiser family's ModelAdapter (where the blocks are, the latent layout, the
+        block input/output streams).
+    denoiser: the denoiser module (read its structure; never call it: use ``trial``).
+    num_blocks: the number of blocks the engine hooks (block indices run 0 .. num_blocks - 1).
+    trial: ``trial(sample) -> output sample``: runs the current denoiser call on a replacement
+        latent, uncached and not counted as computed work (LFCache's cheap trial forward).
+    parallel: the context-parallel group (lightcache.parallel), None in one process.
+    """
+
+    store: Any
+    adapter: Any
+    denoiser: Any = None
+    num_blocks: int = 0
+    trial: Optional[Callable[[Tensor], Tensor]] = None
+    parallel: Any = None
+
+
 class CachePolicy:
     """Base of every policy. Subclasses are frozen dataclasses that validate in __post_init__ and
     implement new_state and should_compute, plus reused_output if they ever skip a whole call (the
-    base raises NotImplementedError for these: they are the interface, not stubs)."""
+    base raises NotImplementedError for these: they are the interface, not stubs). Every other
+    method has a no-op default here, so the engine never probes for optional methods."""
 
     #: policies that skip work inside a computed call set this and implement block_begin/block_end
     block_level: bool = False
 
-    def new_state(self) -> Any:
+    def check_model(self, adapter, model) -> None:
+        """Refuse (ValueError naming the field or the family) a model this policy cannot run on;
+        called by ``lightcache.enable`` before anything is changed."""
+
+    def new_state(self, run: RunContext) -> Any:
+        """Fresh per-run state (a new pipeline call); ``run`` is all the policy may use."""
         raise NotImplementedError
 
     def should_compute(self, state: Any, call: CallInfo, x: Tensor) -> bool:
@@ -74,30 +105,80 @@ class CachePolicy:
         """Record what a block that ran produced; returns its output."""
         return out
 
+    def after_call(self, state: Any, call: CallInfo, x: Tensor) -> None:
+        """End of a denoiser call (computed or not)."""
+
 
 # ---------------------------------------------------------------------------------------------
 # field validation shared by the policy dataclasses (errors name the field and the allowed range)
 # ---------------------------------------------------------------------------------------------
 
 
-def check_float(owner: str, name: str, value, *, lo: float = 0.0, lo_open: bool = False, hi: float = math.inf):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{owner}.{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) and not (hi == math.inf and value == math.inf):
-        raise ValueError(f"{owner}.{name} must be a finite number, got {value}")
-    bad_lo = value <= lo if lo_open else value < lo
-    if bad_lo or value > hi:
-        left = "(" if lo_open else "["
-        right = "]" if hi != math.inf else ")"
-        raise ValueError(f"{owner}.{name} must be in {left}{lo}, {hi}{right}, got {value}")
+# Numbers are accepted as Python or numpy scalars (numbers.Real / numbers.Integral: numpy registers
+# its types there) and stored converted to plain float / int, so a frozen policy stays hashable and
+# equal to the same policy written with literals. bool is refused everywhere although it is an int.
+# NaN and ±inf are refused even where the range is unbounded: no field means anything at infinity.
+# Ints are capped at int64 because some reach torch ops and the C++ ring as int64.
+
+INT64_MAX = 2**63 - 1
 
 
-def check_int(owner: str, name: str, value, *, lo: int = 0, hi: Optional[int] = None):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}.{name} must be an int, got {type(value).__name__}")
-    if value < lo or (hi is not None and value > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{owner}.{name} must be {rng}, got {value}")
+def show_value(value) -> str:
+    """``repr(value)`` for an error message, short even for a huge int (whose repr can itself fail)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"{'-' if value < 0 else ''}an int of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _int_bound(v: int) -> str:
+    return "2**63 - 1" if v == INT64_MAX else str(v)
+
+
+def check_float(owner: str, name: str, value, *, lo: float = 0.0, lo_open: bool = False, hi: float = math.inf) -> float:
+    """``value`` as a float in the range (``hi`` inf: unbounded above, inf itself still refused);
+    TypeError for a non-number, ValueError outside the range, both naming ``owner.name``."""
+    if hi == math.inf:
+        rng = f"{'>' if lo_open else '>='} {lo}"
+    else:
+        rng = f"in {'(' if lo_open else '['}{lo}, {hi}]"
+    what = f"{owner}.{name} must be a finite number {rng}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what}, got {type(value).__name__} {show_value(value)}")
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond the float range
+        raise ValueError(f"{what}, got {show_value(value)}") from None
+    if not math.isfinite(v) or (v <= lo if lo_open else v < lo) or v > hi:
+        raise ValueError(f"{what}, got {show_value(value)}")
+    return v
+
+
+def check_int(owner: str, name: str, value, *, lo: int = 0, hi: int = INT64_MAX) -> int:
+    """``value`` as an int in [lo, hi] (numpy integers accepted; bool and floats such as 3.0 are
+    not); TypeError for a non-int, ValueError outside the range, both naming ``owner.name``."""
+    what = f"{owner}.{name} must be an int in [{_int_bound(lo)}, {_int_bound(hi)}]"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{what}, got {type(value).__name__} {show_value(value)}")
+    v = int(value)
+    if not lo <= v <= hi:
+        raise ValueError(f"{what}, got {show_value(value)}")
+    return v
+
+
+def check_choice(owner: str, name: str, value, choices) -> str:
+    """``value`` as a str among ``choices``; anything else (another type, a list, which would not
+    even hash for a dict lookup) is a ValueError naming ``owner.name`` and the choices."""
+    if not (isinstance(value, str) and value in choices):
+        raise ValueError(f"{owner}.{name} must be one of {list(choices)}, got {show_value(value)}")
+    return str(value)
+
+
+def check_bool(owner: str, name: str, value) -> bool:
+    """``value`` if it is a bool (not 0/1, not numpy.bool_), else TypeError naming ``owner.name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}.{name} must be a bool (True or False), got {type(value).__name__} {show_value(value)}")
+    return value
 
 
 def mean_abs_diff(a: Tensor, b: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ from lightcache.policies.base import CachePolicy, CallInfo, check_int
 @dataclass
 class DeepCacheState:
     store: object = None
-    engine: object = None
+    run: object = None  # RunContext
     full: dict = field(default_factory=dict)  # step -> full compute?
     templates: dict = field(default_factory=dict)  # block index -> output shapes/dtypes
     layout: tuple = None  # (n_down, n_up)
@@ -35,28 +35,32 @@ class DeepCache(CachePolicy):
     block_level = True
 
     def __post_init__(self):
-        check_int("DeepCache", "interval", self.interval, lo=1)
-        check_int("DeepCache", "branch", self.branch, lo=0)
+        # stored normalised (plain int): see the field checks in lightcache.policies.base
+        object.__setattr__(self, "interval", check_int("DeepCache", "interval", self.interval, lo=1))
+        object.__setattr__(self, "branch", check_int("DeepCache", "branch", self.branch, lo=0))
 
-    def check_adapter(self, adapter) -> None:
+    def check_model(self, adapter, model) -> None:
         if not adapter.unet:
             raise ValueError(
-                f"DeepCache works on video UNets (SVD, AnimateDiff, TextToVideoSD); {adapter.family} is a "
+                f"policy: DeepCache works on video UNets (SVD, AnimateDiff, TextToVideoSD); {adapter.family} is a "
                 "transformer: use EasyCache or PreciseCache"
             )
+        self._layout_of(model)
 
-    def new_state(self) -> DeepCacheState:
-        return DeepCacheState()
+    def _layout_of(self, model):
+        n_down, n_up = len(model.down_blocks), len(model.up_blocks)
+        if self.branch > n_up - 2:
+            raise ValueError(
+                f"DeepCache.branch must be <= {n_up - 2} for this UNet ({n_up} up blocks), got {self.branch}"
+            )
+        return n_down, n_up
+
+    def new_state(self, run) -> DeepCacheState:
+        return DeepCacheState(store=run.store, run=run)
 
     def _layout(self, state: DeepCacheState):
         if state.layout is None:
-            model = state.engine.denoiser
-            n_down, n_up = len(model.down_blocks), len(model.up_blocks)
-            if self.branch > n_up - 2:
-                raise ValueError(
-                    f"DeepCache.branch must be <= {n_up - 2} for this UNet ({n_up} up blocks), got {self.branch}"
-                )
-            state.layout = (n_down, n_up)
+            state.layout = self._layout_of(state.run.denoiser)
         return state.layout
 
     def should_compute(self, state: DeepCacheState, call: CallInfo, x) -> bool:

@@ -4,7 +4,7 @@ At each fully computed step i the transformation vector Δ_i = v_i − x_i is ca
 Between two consecutive full computes i' < i the transformation rate is
     k = mean|v_i − v_i'| / mean|x_i − x_i'|.
 At a later step t the predicted relative output change is ε_t = k · mean|x_t − x_{t−1}| / mean|v_i|;
-E accumulates ε_t and the step is computed when E ≥ threshold (then E = 0), else the output is
+E accumulates ε_t and the step is computed unless E < threshold (E ≥ τ, or NaN; then E = 0), else the output is
 x_t + Δ_i. The first ``warmup_steps`` steps and the last step are always computed, and so is every
 step before k is known (two full computes are needed). The leader call of a step (cond, or the
 joint call) decides; the other branch follows that decision with its own Δ.
@@ -30,6 +30,7 @@ from torch import Tensor
 from lightcache.policies.base import (
     CachePolicy,
     CallInfo,
+    RunContext,
     check_float,
     check_int,
     global_means,
@@ -49,7 +50,7 @@ def latent_part(x: Tensor, out: Tensor) -> Tensor:
 
 @dataclass
 class EasyCacheState:
-    store: object = None  # FeatureStore, set by the engine
+    store: object = None  # the run's FeatureStore (RunContext.store)
     accumulated: Optional[Tensor] = None  # E (device, fp32)
     rate: Optional[Tensor] = None  # k (device, fp32)
     prev_x: Optional[Tensor] = None  # leader input of the previous call (x_{t-1})
@@ -58,7 +59,7 @@ class EasyCacheState:
     last_out_mean: Optional[Tensor] = None  # mean|v_i|
     decisions: dict = field(default_factory=dict)  # step -> computed?
     epsilons: dict = field(default_factory=dict)  # step -> ε_t (0-d device tensor)
-    parallel: object = None  # lightcache.parallel.ContextParallel (set by the engine), None in one process
+    parallel: object = None  # lightcache.parallel.ContextParallel (RunContext.parallel), None in one process
     # (means, counts, totals) over this rank's parts of mean|v_i − v_i'|, mean|x_i − x_i'|, mean|v_i|
     # of the last full compute: turned into rate and last_out_mean at the next decision
     pending: Optional[tuple] = None
@@ -77,8 +78,9 @@ class EasyCache(CachePolicy):
     warmup_steps: int = 10
 
     def __post_init__(self):
-        check_float("EasyCache", "threshold", self.threshold, lo=0.0)
-        check_int("EasyCache", "warmup_steps", self.warmup_steps, lo=0)
+        # stored normalised (plain float/int): see the field checks in lightcache.policies.base
+        object.__setattr__(self, "threshold", check_float("EasyCache", "threshold", self.threshold, lo=0.0))
+        object.__setattr__(self, "warmup_steps", check_int("EasyCache", "warmup_steps", self.warmup_steps, lo=0))
 
     @classmethod
     def for_model(cls, family: str) -> "EasyCache":
@@ -88,8 +90,15 @@ class EasyCache(CachePolicy):
             raise ValueError(f"family must be one of {sorted(presets)}, got {family!r}")
         return presets[family]
 
-    def new_state(self) -> EasyCacheState:
-        return EasyCacheState()
+    def check_model(self, adapter, model) -> None:
+        if adapter.unet:
+            raise ValueError(
+                f"policy: EasyCache works on video transformers (DiTs); {adapter.family} is a video UNet: "
+                "use DeepCache"
+            )
+
+    def new_state(self, run: RunContext) -> EasyCacheState:
+        return EasyCacheState(store=run.store, parallel=run.parallel)
 
     def should_compute(self, state: EasyCacheState, call: CallInfo, x: Tensor) -> bool:
         if not call.leader:
@@ -109,7 +118,9 @@ class EasyCache(CachePolicy):
                 state.pending = None
             eps = state.rate * g[-1] / state.last_out_mean
             state.accumulated = eps if state.accumulated is None else state.accumulated + eps
-            compute = bool(state.accumulated >= self.threshold)  # the call's one host sync
+            # reuse only while E < τ (the authors' test): a NaN E (k = inf times an unchanged
+            # input, inf · 0) computes instead of reusing every later step
+            compute = not bool(state.accumulated < self.threshold)  # the call's one host sync
             state.epsilons[call.step] = eps  # a device tensor: reading it later costs no sync now
         if compute:
             state.accumulated = None

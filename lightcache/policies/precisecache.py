@@ -40,7 +40,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightcache.parallel import partial_sums
-from lightcache.policies.base import CachePolicy, CallInfo, check_float, check_int, reduce_sums
+from lightcache.policies.base import (
+    CachePolicy,
+    CallInfo,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    reduce_sums,
+    show_value,
+)
 
 _MODES = {
     "base": dict(alpha=0.5, block_ratio=None),
@@ -53,7 +62,7 @@ _SIGNALS = ("trial", "input")
 @dataclass
 class PreciseCacheState:
     store: object = None
-    engine: object = None
+    run: object = None  # RunContext
     accumulated: float = 0.0
     max_signal: float = 0.0
     prev_signal_input: Optional[Tensor] = None  # F_{t−1}
@@ -65,7 +74,7 @@ class PreciseCacheState:
     # (branch, j) -> (mean|D_j| per stream over this rank's tokens (device), their element counts)
     block_scores: dict = field(default_factory=dict)
     pending_rank: dict = field(default_factory=dict)  # branch -> (block indices, (J, S) means, counts) not yet read
-    parallel: object = None  # lightcache.parallel.ContextParallel (set by the engine), None in one process
+    parallel: object = None  # lightcache.parallel.ContextParallel (RunContext.parallel), None in one process
 
 
 @dataclass(frozen=True)
@@ -81,32 +90,46 @@ class PreciseCache(CachePolicy):
     radius_ratio: float = 0.2
 
     def __post_init__(self):
-        if self.mode not in _MODES:
-            raise ValueError(f"PreciseCache.mode must be one of {list(_MODES)}, got {self.mode!r}")
+        def put(name, value):  # stored normalised (plain str/float/int): see lightcache.policies.base
+            object.__setattr__(self, name, value)
+
+        put("mode", check_choice("PreciseCache", "mode", self.mode, _MODES))
         if self.alpha is None:
-            object.__setattr__(self, "alpha", _MODES[self.mode]["alpha"])
+            put("alpha", _MODES[self.mode]["alpha"])
         if self.block_ratio is None:
-            object.__setattr__(self, "block_ratio", _MODES[self.mode]["block_ratio"])
-        check_float("PreciseCache", "alpha", self.alpha, lo=0.0, hi=1.0)
+            put("block_ratio", _MODES[self.mode]["block_ratio"])
+        put("alpha", check_float("PreciseCache", "alpha", self.alpha, lo=0.0, hi=1.0))
         if self.block_ratio is not None:
-            check_float("PreciseCache", "block_ratio", self.block_ratio, lo=0.0, lo_open=True, hi=1.0)
-        check_int("PreciseCache", "refresh_steps", self.refresh_steps, lo=1)
-        check_float("PreciseCache", "warmup_ratio", self.warmup_ratio, lo=0.0, hi=1.0)
-        if self.signal not in _SIGNALS:
-            raise ValueError(f"PreciseCache.signal must be one of {list(_SIGNALS)}, got {self.signal!r}")
+            put("block_ratio", check_float("PreciseCache", "block_ratio", self.block_ratio, lo=0.0, lo_open=True, hi=1.0))
+        put("refresh_steps", check_int("PreciseCache", "refresh_steps", self.refresh_steps, lo=1))
+        put("warmup_ratio", check_float("PreciseCache", "warmup_ratio", self.warmup_ratio, lo=0.0, hi=1.0))
+        put("signal", check_choice("PreciseCache", "signal", self.signal, _SIGNALS))
         ds = self.trial_downsample
-        if not (isinstance(ds, tuple) and len(ds) == 3 and all(isinstance(v, int) and v >= 1 for v in ds)):
-            raise ValueError(f"PreciseCache.trial_downsample must be 3 ints >= 1 (time, height, width), got {ds!r}")
-        check_float("PreciseCache", "radius_ratio", self.radius_ratio, lo=0.0, lo_open=True)
-        if not isinstance(self.compute_last, bool):
-            raise TypeError("PreciseCache.compute_last must be a bool")
+        what = "PreciseCache.trial_downsample must be a tuple of 3 ints (time, height, width), each in [1, 2**63 - 1]"
+        if isinstance(ds, list):  # not converted: the field is documented as a tuple (and must hash)
+            raise TypeError(f"{what}; got the list {show_value(ds)}: write it as a tuple, e.g. (2, 4, 4)")
+        if not isinstance(ds, tuple):
+            raise TypeError(f"{what}, got {type(ds).__name__} {show_value(ds)}")
+        if len(ds) != 3:
+            raise ValueError(f"{what}, got {len(ds)} values {show_value(ds)}")
+        put("trial_downsample", tuple(check_int("PreciseCache", f"trial_downsample[{i}]", v, lo=1) for i, v in enumerate(ds)))
+        # no upper bound: a radius beyond the spectrum keeps every frequency (the plain L2 norm)
+        put("radius_ratio", check_float("PreciseCache", "radius_ratio", self.radius_ratio, lo=0.0, lo_open=True))
+        check_bool("PreciseCache", "compute_last", self.compute_last)
 
     @property
     def block_level(self) -> bool:  # type: ignore[override]
         return self.block_ratio is not None and self.block_ratio < 1.0
 
-    def new_state(self) -> PreciseCacheState:
-        return PreciseCacheState()
+    def check_model(self, adapter, model) -> None:
+        if adapter.unet:
+            raise ValueError(
+                f"policy: PreciseCache works on video transformers (DiTs); {adapter.family} is a video UNet: "
+                "use DeepCache"
+            )
+
+    def new_state(self, run) -> PreciseCacheState:
+        return PreciseCacheState(store=run.store, run=run, parallel=run.parallel)
 
     def warmup_steps(self, num_steps: Optional[int]) -> int:
         if num_steps is None:
@@ -118,7 +141,7 @@ class PreciseCache(CachePolicy):
     def _signal_input(self, state: PreciseCacheState, x: Tensor) -> Tensor:
         if self.signal == "input":
             return x
-        return state.engine.trial(downsample(x, self.trial_downsample))
+        return state.run.trial(downsample(x, self.trial_downsample))
 
     def should_compute(self, state: PreciseCacheState, call: CallInfo, x: Tensor) -> bool:
         if not call.leader:
@@ -210,14 +233,14 @@ class PreciseCache(CachePolicy):
         state.refreshing[call.branch] = (n % self.refresh_steps == 0) or not has_ranking
         if state.refreshing[call.branch]:
             state.block_scores = {k: v for k, v in state.block_scores.items() if k[0] != call.branch}
-        elif state.engine is not None:
+        else:
             self._prefetch_next(state, call, 0)
 
     def block_begin(self, state: PreciseCacheState, call: CallInfo, index: int, block, args, kwargs):
         """None: run the block (refresh calls, pivotal blocks); else its reused output in_j + D_j."""
         if state.refreshing.get(call.branch, True) or index in self._pivotal(state, call.branch):
             return None
-        adapter = state.engine.adapter
+        adapter = state.run.adapter
         self._prefetch_next(state, call, index + 1)  # overlaps the next reused block's copy with this one
         outs = []
         for s, t in enumerate(adapter.block_streams(block, args, kwargs)):
@@ -226,7 +249,7 @@ class PreciseCache(CachePolicy):
         return adapter.pack_streams(tuple(outs))
 
     def block_end(self, state: PreciseCacheState, call: CallInfo, index: int, block, args, kwargs, out):
-        adapter = state.engine.adapter
+        adapter = state.run.adapter
         ins = adapter.block_streams(block, args, kwargs)
         residuals = [o - i for o, i in zip(adapter.output_streams(out), ins)]
         for s, r in enumerate(residuals):
@@ -234,19 +257,19 @@ class PreciseCache(CachePolicy):
         if state.refreshing.get(call.branch, True):  # device tensors; ranked after the last block
             means = torch.stack([r.abs().float().mean() for r in residuals])
             state.block_scores[(call.branch, index)] = (means, [r.numel() for r in residuals])
-            if index == state.engine.report.num_blocks - 1:
+            if index == state.run.num_blocks - 1:
                 self._rank(state, call.branch)
         return out
 
     def _prefetch_next(self, state: PreciseCacheState, call: CallInfo, start: int) -> None:
         """Ask the store to bring back the residuals of the next block that will be reused."""
         pivotal = self._pivotal(state, call.branch)
-        n = state.engine.report.num_blocks
+        n = state.run.num_blocks
         j = start
         while j < n and j in pivotal:
             j += 1
         if j < n:
-            for s in range(len(state.engine.adapter.block_outputs)):
+            for s in range(len(state.run.adapter.block_outputs)):
                 state.store.prefetch((call.branch, "block", j, s))
 
     def _rank(self, state: PreciseCacheState, branch: str) -> None:
