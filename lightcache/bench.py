@@ -521,7 +521,7 @@ def _metered(model: BenchModel, method: Optional[Method], steps: int, device) ->
     records the denoiser's input batch per call into ``model.denoiser_batches``."""
     from lightcache import MemoryPlan
 
-    track = MemoryPlan(cpu_tracker=device == "cpu")
+    track = MemoryPlan(cpu_tracker=device == "cpu", cuda_peaks=device != "cpu")
     probe = None
     if method is None:
         model.denoiser_batches = []
@@ -539,7 +539,7 @@ def _metered(model: BenchModel, method: Optional[Method], steps: int, device) ->
             else:
                 from dataclasses import replace
 
-                s.memory = replace(s.memory, cpu_tracker=device == "cpu")
+                s.memory = replace(s.memory, cpu_tracker=device == "cpu", cuda_peaks=device != "cpu")
         _, video = _run(model, device)
         rep = lightcache.report(model.pipe)
     finally:

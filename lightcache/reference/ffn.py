@@ -38,6 +38,8 @@ def chunked_ffn(
         r3 = residual if residual.dim() == 3 else residual.unsqueeze(0)
 
     n_batch, length = x3.shape[0], x3.shape[1]
+    if n_batch * length == 0:  # no tokens: the empty output is the result (a 0-row chunk cannot step)
+        return out
     chunk = min(chunk_size, length)
     hbuf = x.new_empty((chunk, w1.shape[0]))  # the one hidden buffer, reused by every chunk
     w1t, w2t = w1.t(), w2.t()
