@@ -16,9 +16,20 @@ using namespace lightcache;
 
 namespace {
 
-std::unique_ptr<RingCore> make_ring(const std::string& device, std::size_t slot_bytes, int num_slots,
-                                    const std::string& full_policy, double timeout, const std::string& pinned,
-                                    int device_index, bool sync_store, unsigned copy_delay_us) {
+// Frees a ring, except one inherited through fork(): its mutex and condition variable may be held
+// by threads of the parent that do not exist here, and its engine's worker thread cannot be
+// joined, so any teardown could hang the child (at exit too). The child leaks it instead: its
+// slab is copy-on-write memory of the parent and goes with the process.
+struct RingDeleter {
+  void operator()(RingCore* r) const {
+    if (r != nullptr && !r->inherited()) delete r;
+  }
+};
+using RingHolder = std::unique_ptr<RingCore, RingDeleter>;
+
+RingHolder make_ring(const std::string& device, std::size_t slot_bytes, int num_slots, const std::string& full_policy,
+                     double timeout, const std::string& pinned, int device_index, bool sync_store,
+                     unsigned copy_delay_us) {
   // Parse everything before touching a device so bad arguments fail the same way everywhere.
   FullPolicy policy = parse_policy(full_policy);
   PinnedMode mode = parse_pinned(pinned);
@@ -37,7 +48,7 @@ std::unique_ptr<RingCore> make_ring(const std::string& device, std::size_t slot_
   } else {
     throw std::invalid_argument("device must be 'cpu' or 'cuda', got '" + device + "'");
   }
-  return std::make_unique<RingCore>(std::move(engine), slot_bytes, num_slots, policy, timeout, mode, sync_store);
+  return RingHolder(new RingCore(std::move(engine), slot_bytes, num_slots, policy, timeout, mode, sync_store));
 }
 
 py::dict stats_dict(RingCore& r) {
@@ -112,7 +123,7 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("nbytes"), "try to mlock nbytes of host memory: (ok, reason when not)");
 
-  py::class_<RingCore>(m, "Ring")
+  py::class_<RingCore, RingHolder>(m, "Ring")
       .def(py::init(&make_ring), py::arg("device"), py::arg("slot_bytes"), py::arg("num_slots"),
            py::arg("full_policy") = "error", py::arg("timeout") = 10.0, py::arg("pinned") = "prefer",
            py::arg("device_index") = 0, py::arg("sync_store") = false, py::arg("copy_delay_us") = 0u,
@@ -147,6 +158,8 @@ PYBIND11_MODULE(_C, m) {
       .def("synchronize", &RingCore::synchronize, py::call_guard<py::gil_scoped_release>())
       .def("close", &RingCore::close, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("closed", &RingCore::closed)
+      .def_property_readonly("inherited", &RingCore::inherited,
+                             "opened in a parent process before fork(): unusable here (every call raises)")
       .def("stats", &stats_dict)
       .def(
           "state", [](RingCore& r, int slot) { return std::string(state_name(r.state(slot))); }, py::arg("slot"),

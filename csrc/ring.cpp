@@ -2,10 +2,12 @@
 // the CPU and CUDA engines.
 #include "ring.h"
 
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -108,13 +110,35 @@ void free_host_mlock(HostSlab& slab) {
   slab.ptr = nullptr;
 }
 
+// ---- fork ----------------------------------------------------------------------------------
+
+namespace {
+std::atomic<std::uint64_t> g_fork_generation{0};
+void count_fork_in_child() { g_fork_generation.fetch_add(1, std::memory_order_relaxed); }  // async-signal-safe
+// Registered when the library loads, so every fork() after any ring exists is counted.
+const int g_atfork_registered = pthread_atfork(nullptr, nullptr, &count_fork_in_child);
+}  // namespace
+
+std::uint64_t fork_generation() {
+  (void)g_atfork_registered;
+  return g_fork_generation.load(std::memory_order_relaxed);
+}
+
+void RingCore::check_not_inherited(const char* what) const {
+  if (inherited())
+    throw RingError(std::string("lightcache._C: ") + what +
+                    ": this ring was opened in the parent process before fork(); its copy engine does not exist "
+                    "in this process: open a new ring here");
+}
+
 // ---- RingCore ------------------------------------------------------------------------------
 
 static constexpr std::size_t kSlotAlign = 256;  // keeps every slot suitably aligned for DMA/vector copies
 
 RingCore::RingCore(std::unique_ptr<CopyEngine> engine, std::size_t slot_bytes, int num_slots, FullPolicy policy,
                    double timeout_s, PinnedMode pinned, bool sync_store)
-    : engine_(std::move(engine)),
+    : fork_gen_(fork_generation()),
+      engine_(std::move(engine)),
       slot_bytes_(slot_bytes),
       stride_(0),
       policy_(policy),
@@ -140,6 +164,13 @@ RingCore::RingCore(std::unique_ptr<CopyEngine> engine, std::size_t slot_bytes, i
 }
 
 RingCore::~RingCore() {
+  if (inherited()) {
+    // Leak the engine: destroying it would join a worker thread that does not exist in this process
+    // (or call CUDA in a forked child). The bindings leak the whole RingCore (its mutex and
+    // condition variable may be held by threads of the parent); this guard is for C++ owners.
+    (void)engine_.release();
+    return;
+  }
   try {
     close();
   } catch (...) {
@@ -148,6 +179,7 @@ RingCore::~RingCore() {
 }
 
 void RingCore::close() {
+  if (inherited()) return;
   std::unique_lock<std::mutex> lk(mu_);
   if (closed_) return;
   closed_ = true;
@@ -165,6 +197,7 @@ void RingCore::close() {
 }
 
 bool RingCore::closed() const {
+  if (inherited()) return true;  // unusable here, and its mutex may be held forever
   std::lock_guard<std::mutex> lk(mu_);
   return closed_;
 }
@@ -184,6 +217,7 @@ void* RingCore::host_ptr(int slot) const {
 }
 
 std::uintptr_t RingCore::slot_address(int slot) const {
+  check_not_inherited("slot_address");
   std::lock_guard<std::mutex> lk(mu_);
   check_open();
   check_slot_index(slot);
@@ -295,6 +329,7 @@ int RingCore::acquire_locked(std::unique_lock<std::mutex>& lk, StoreResult& res)
 }
 
 StoreResult RingCore::store(const void* src, std::size_t nbytes, std::uintptr_t producer_stream) {
+  check_not_inherited("store");
   std::unique_lock<std::mutex> lk(mu_);
   check_open();
   if (nbytes > slot_bytes_)
@@ -328,6 +363,7 @@ StoreResult RingCore::store(const void* src, std::size_t nbytes, std::uintptr_t 
 
 std::uint64_t RingCore::prefetch(int slot, std::uint64_t gen, void* dst, std::size_t nbytes,
                                  std::uintptr_t consumer_stream) {
+  check_not_inherited("prefetch");
   std::lock_guard<std::mutex> lk(mu_);
   check_open();
   Slot& s = check_handle(slot, gen, "prefetch");
@@ -346,6 +382,7 @@ std::uint64_t RingCore::prefetch(int slot, std::uint64_t gen, void* dst, std::si
 
 std::uint64_t RingCore::fetch(int slot, std::uint64_t gen, void* dst, std::size_t nbytes,
                               std::uintptr_t consumer_stream, bool use_prefetched) {
+  check_not_inherited("fetch");
   std::lock_guard<std::mutex> lk(mu_);
   check_open();
   Slot& s = check_handle(slot, gen, "fetch");
@@ -367,6 +404,7 @@ std::uint64_t RingCore::fetch(int slot, std::uint64_t gen, void* dst, std::size_
 }
 
 void RingCore::release(int slot, std::uint64_t gen) {
+  check_not_inherited("release");
   std::lock_guard<std::mutex> lk(mu_);
   check_open();
   check_handle(slot, gen, "release");
@@ -376,6 +414,7 @@ void RingCore::release(int slot, std::uint64_t gen) {
 }
 
 bool RingCore::done(std::uint64_t ticket) {
+  check_not_inherited("done");
   std::lock_guard<std::mutex> lk(mu_);
   if (closed_) return true;  // close() synchronised every copy
   const int dir = static_cast<int>(ticket & 1u);
@@ -386,6 +425,7 @@ bool RingCore::done(std::uint64_t ticket) {
 }
 
 void RingCore::synchronize() {
+  check_not_inherited("synchronize");
   std::lock_guard<std::mutex> lk(mu_);
   check_open();
   engine_->synchronize();
@@ -393,6 +433,7 @@ void RingCore::synchronize() {
 }
 
 RingStats RingCore::stats() {
+  check_not_inherited("stats");
   std::lock_guard<std::mutex> lk(mu_);
   RingStats st{};
   st.slot_bytes = slot_bytes_;
@@ -418,6 +459,7 @@ RingStats RingCore::stats() {
 }
 
 SlotState RingCore::state(int slot) {
+  check_not_inherited("state");
   std::lock_guard<std::mutex> lk(mu_);
   check_open();
   check_slot_index(slot);
@@ -430,18 +472,21 @@ SlotState RingCore::state(int slot) {
 }
 
 std::uint64_t RingCore::generation(int slot) {
+  check_not_inherited("generation");
   std::lock_guard<std::mutex> lk(mu_);
   check_slot_index(slot);
   return slots_[static_cast<std::size_t>(slot)].gen;
 }
 
 std::size_t RingCore::slot_nbytes(int slot) {
+  check_not_inherited("slot_nbytes");
   std::lock_guard<std::mutex> lk(mu_);
   check_slot_index(slot);
   return slots_[static_cast<std::size_t>(slot)].nbytes;
 }
 
 bool RingCore::is_live(int slot, std::uint64_t gen) {
+  check_not_inherited("is_live");
   std::lock_guard<std::mutex> lk(mu_);
   if (closed_ || slot < 0 || slot >= static_cast<int>(slots_.size())) return false;
   const Slot& s = slots_[static_cast<std::size_t>(slot)];

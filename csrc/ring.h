@@ -110,6 +110,12 @@ struct StoreResult {
   std::uint64_t evicted_generation = 0;
 };
 
+// How many fork()s this process is away from the one that loaded the library (a pthread_atfork
+// child handler counts them). A ring records it when it is opened: in a forked child the ring's
+// copy engine (worker thread, CUDA streams) does not exist and its mutexes may be held forever,
+// so an inherited ring refuses every call and is never torn down there (see RingCore::inherited).
+std::uint64_t fork_generation();
+
 struct RingStats {
   std::size_t slot_bytes, num_slots, slab_bytes;
   std::size_t slots_in_use, bytes_in_use, high_water_bytes;
@@ -137,8 +143,12 @@ class RingCore {
   // Has the copy with this ticket completed? Never blocks.
   bool done(std::uint64_t ticket);
   void synchronize();
-  void close();
+  void close();  // a no-op on an inherited ring (nothing of it may be touched in the child)
   bool closed() const;
+  // Opened in a parent process before fork(): closed() is true, close() does nothing, every other
+  // call raises RingError, and the destructor frees nothing (the slab is the parent's copy-on-write
+  // memory, the engine's thread does not exist here, and locking or joining would hang).
+  bool inherited() const { return fork_gen_ != fork_generation(); }
 
   RingStats stats();
   SlotState state(int slot);
@@ -166,6 +176,7 @@ class RingCore {
   };
 
   void check_open() const;
+  void check_not_inherited(const char* what) const;
   void check_slot_index(int slot) const;
   Slot& check_handle(int slot, std::uint64_t gen, const char* what);
   void poll_locked();
@@ -174,6 +185,7 @@ class RingCore {
   void* host_ptr(int slot) const;
   std::uint64_t next_ticket(int dir) { return ((++seq_) << 1) | static_cast<std::uint64_t>(dir); }
 
+  std::uint64_t fork_gen_;
   std::unique_ptr<CopyEngine> engine_;
   std::size_t slot_bytes_, stride_;
   FullPolicy policy_;

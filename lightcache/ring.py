@@ -21,7 +21,10 @@ Contracts (the price of asynchrony, as with ``copy_(non_blocking=True)``):
   construct the ring with ``sync_store=True``: then the producer stream itself waits for the copy
   (on CUDA a device-side wait; on CPU the store returns after the copy).
 * Between ``prefetch(key, dst)`` and ``fetch(key, dst)``, ``dst`` belongs to the ring; the ring
-  keeps it alive until it is fetched, re-prefetched or released.
+  keeps it alive until it is fetched, re-prefetched or released. Using that memory (``dst`` or any
+  tensor overlapping it, in any ring) as the ``dst`` of another key's prefetch or fetch, or as a
+  ``src``, raises :class:`DstInUseError` naming both keys: the two copies would race, and the
+  later fetch would return the other key's bytes.
 * Non-contiguous ``src`` is copied to a contiguous tensor first (one extra device copy on the
   producer stream). ``dst`` must be contiguous (the ring writes raw bytes), with the stored dtype
   and shape.
@@ -47,6 +50,13 @@ When every slot holds a live entry, ``full_policy`` decides (never silent corrup
 Each ring registers itself under an integer id (``ring.id``, :func:`get_ring`) so the
 ``torch.ops.lightcache.ring_*`` ops can name it; :meth:`RingBuffer.close` unregisters it and frees
 the slab. Rings are not freed by garbage collection while registered: close them (or use ``with``).
+
+``fork()``: a ring's copy engine (the CPU worker thread, the CUDA streams) does not exist in a forked
+child, so rings open at the fork are *inherited* there: every call on one (and :func:`get_ring` of
+its id) raises :class:`RingError` saying it was opened in the parent process; ``close()`` is a
+no-op; nothing of it is torn down in the child (its slab is the parent's copy-on-write memory), so
+the child exits cleanly. Rings opened in the child work as usual (a CUDA ring needs CUDA to be
+usable in the child: with the ``fork`` start method it is not once the parent initialised CUDA).
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ import contextlib
 import itertools
 import math
 import operator
+import os
 import threading
 import warnings
 from collections import deque
@@ -74,6 +85,7 @@ __all__ = [
     "RingError",
     "RingFullError",
     "StaleHandleError",
+    "DstInUseError",
     "PinnedMemoryError",
     "CudaUnavailableError",
     "PinnedMemoryWarning",
@@ -109,6 +121,10 @@ else:  # same names, so `except` clauses work even when _C is missing
         pass
 
 
+class DstInUseError(RingError, ValueError):
+    """A tensor overlaps the ``dst`` of another key's prefetch that was not fetched yet."""
+
+
 class PinnedMemoryWarning(RuntimeWarning):
     """The ring fell back to pageable host memory (``pinned="prefer"``)."""
 
@@ -116,6 +132,59 @@ class PinnedMemoryWarning(RuntimeWarning):
 _REGISTRY: dict[int, "RingBuffer"] = {}
 _REGISTRY_LOCK = threading.Lock()
 _IDS = itertools.count()
+# ids of rings inherited through fork() -> pid of the process that opened them
+_INHERITED: dict[int, int] = {}
+
+# Destinations of pending prefetches, over all rings (a dst of one ring must not be written by
+# another): (device, first byte, end byte) -> (ring id, key). Kept alive by their entries, so the
+# allocator cannot hand their memory out: an overlap is always the caller reusing the memory.
+_PENDING_DST: dict[tuple, tuple[int, int]] = {}
+_DST_LOCK = threading.Lock()
+
+
+def _span(t: Tensor) -> Optional[tuple]:
+    """(device, first byte, end byte) of the memory ``t`` covers (gaps of a strided view included)."""
+    if t.numel() == 0:
+        return None
+    extent = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+    start = t.data_ptr()
+    return (t.device, start, start + extent * t.element_size())
+
+
+def _owner_of(span: Optional[tuple], allowed=None) -> Optional[tuple[int, int]]:
+    """(ring id, key) of a pending prefetch whose dst overlaps ``span`` (other than ``allowed``)."""
+    if span is None:
+        return None
+    dev, start, end = span
+    for (d, s, e), owner in _PENDING_DST.items():
+        if s < end and start < e and d == dev and owner != allowed:
+            return owner
+    return None
+
+
+def _inherited_error(ring_id: int, pid: int) -> RingError:
+    return RingError(
+        f"ring {ring_id} was opened in the parent process (pid {pid}) before fork(); its copy engine does not "
+        f"exist in this process (pid {os.getpid()}): open a new RingBuffer here"
+    )
+
+
+def _after_fork_in_child() -> None:
+    # Locks may have been held by threads that do not exist here: replace them. Rings open at the
+    # fork become unusable, leave the registry (so atexit does not close them: that would join a
+    # thread that does not exist) and release nothing (the parent owns their memory).
+    global _REGISTRY_LOCK, _DST_LOCK
+    _REGISTRY_LOCK = threading.Lock()
+    _DST_LOCK = threading.Lock()
+    _PENDING_DST.clear()
+    for ring in _REGISTRY.values():
+        ring._inherit()
+        _INHERITED[ring.id] = ring._pid
+    _REGISTRY.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork()
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def get_ring(ring_id: int) -> "RingBuffer":
@@ -125,6 +194,8 @@ def get_ring(ring_id: int) -> "RingBuffer":
     with _REGISTRY_LOCK:
         ring = _REGISTRY.get(ring_id)
         if ring is None:
+            if ring_id in _INHERITED:
+                raise _inherited_error(ring_id, _INHERITED[ring_id])
             raise ValueError(f"ring={ring_id} is not an open RingBuffer id (open ids: {sorted(_REGISTRY)})")
         return ring
 
@@ -153,6 +224,7 @@ class _Entry:
     store_ticket: int
     evicted: bool = False
     prefetched: Optional[Tensor] = None  # dst of the latest prefetch, until fetched
+    prefetched_span: Optional[tuple] = None  # its key in _PENDING_DST
 
 
 def _check_key(key) -> int:
@@ -274,6 +346,8 @@ class RingBuffer:
         # completes in order, so polling pops from the left.
         self._inflight = (deque(), deque())
         self._closed = False
+        self._inherited = False
+        self._pid = os.getpid()
         with _REGISTRY_LOCK:
             self.id = next(_IDS)
             _REGISTRY[self.id] = self
@@ -318,8 +392,41 @@ class RingBuffer:
         return contextlib.nullcontext()
 
     def _check_open(self):
+        if self._inherited:
+            raise _inherited_error(self.id, self._pid)
         if self._closed:
             raise RingError(f"ring {self.id} is closed")
+
+    def _inherit(self) -> None:
+        """In a forked child: unusable from now on (see the module doc)."""
+        self._inherited = True
+        self._lock = threading.RLock()  # the parent's may be held by a thread that is gone
+        self._inflight = (deque(), deque())  # those copies never run here
+
+    # ---- prefetch destinations -----------------------------------------------------------------
+
+    def _in_use(self, op: str, name: str, key: int, owner: tuple[int, int]) -> DstInUseError:
+        rid, k = owner
+        return DstInUseError(
+            f"{op}: {name} overlaps the dst of the pending prefetch of key={k} of ring {rid} (not fetched yet); "
+            f"using it for key={key} of ring {self.id} would overwrite or race with key={k}'s bytes. Fetch "
+            f"key={k} into that dst (or release it) first, or pass another tensor"
+        )
+
+    def _check_free(self, op: str, name: str, t: Tensor, key: int) -> None:
+        """``t`` must not overlap any pending prefetch's dst (this key's included)."""
+        with _DST_LOCK:
+            owner = _owner_of(_span(t))
+        if owner is not None:
+            raise self._in_use(op, name, key, owner)
+
+    def _disown(self, e: _Entry) -> None:
+        """``e``'s pending prefetch no longer owns its dst."""
+        if e.prefetched_span is not None:
+            with _DST_LOCK:
+                _PENDING_DST.pop(e.prefetched_span, None)
+            e.prefetched_span = None
+        e.prefetched = None
 
     def _stream_handle(self, stream) -> int:
         if self.device.type == "cpu":
@@ -375,6 +482,7 @@ class RingBuffer:
         e = self._entries.pop(key, None)
         if e is not None:
             self._by_handle.pop((e.slot, e.generation), None)
+            self._disown(e)
         return e
 
     def _free_entry(self, e: _Entry) -> bool:
@@ -400,6 +508,7 @@ class RingBuffer:
                 f"is {self.slot_bytes}"
             )
         handle = self._stream_handle(stream)
+        self._check_free("store", "src", src, key)  # a copy is writing it
         if not src.is_contiguous():
             src = src.contiguous()  # documented: one extra copy, on the producer stream
         with self._lock:
@@ -416,7 +525,7 @@ class RingBuffer:
                 if ev_key is not None and ev_key in self._entries:
                     victim = self._entries[ev_key]
                     victim.evicted = True
-                    victim.prefetched = None  # eviction waited for its copies
+                    self._disown(victim)  # eviction waited for its copies
             raced = self._forget(key)  # another thread stored the same key meanwhile
             self._entries[key] = _Entry(slot, gen, nbytes, src.dtype, tuple(src.shape), ticket)
             self._by_handle[(slot, gen)] = key
@@ -432,11 +541,29 @@ class RingBuffer:
             e = self._entry(key, "prefetch")
         self._check_dst(dst, key, e)
         handle = self._stream_handle(stream)
-        with self._device_guard():
-            ticket = self._core.prefetch(e.slot, e.generation, dst.data_ptr(), e.nbytes, handle)
+        span = _span(dst)
+        me = (self.id, key)
+        with _DST_LOCK:  # check and claim at once: two threads must not claim one dst
+            owner = _owner_of(span, me)
+            if owner is None and span is not None:
+                _PENDING_DST[span] = me
+        if owner is not None:  # this key's own pending dst may overlap: its copies run in order
+            raise self._in_use("prefetch", "dst", key, owner)
+        try:
+            with self._device_guard():
+                ticket = self._core.prefetch(e.slot, e.generation, dst.data_ptr(), e.nbytes, handle)
+        except BaseException:
+            if span is not None and span != e.prefetched_span:
+                with _DST_LOCK:
+                    _PENDING_DST.pop(span, None)
+            raise
         with self._lock:
             self._inflight[1].append((ticket, dst))
-            e.prefetched = dst
+            old = e.prefetched_span
+            if old is not None and old != span:  # re-prefetched: the old dst is the caller's again
+                with _DST_LOCK:
+                    _PENDING_DST.pop(old, None)
+            e.prefetched, e.prefetched_span = dst, span
 
     def fetch(self, key: int, dst: Optional[Tensor] = None, *, stream=None) -> Tensor:
         """Make the consumer stream wait for ``key``'s bytes in ``dst`` and return ``dst``
@@ -453,11 +580,13 @@ class RingBuffer:
         p = e.prefetched
         # The prefetched tensor is held alive, so an equal address is the same memory.
         use_prefetched = p is not None and p.data_ptr() == dst.data_ptr() and p.device == dst.device
+        if not use_prefetched:
+            self._check_free("fetch", "dst", dst, key)
         with self._device_guard():
             ticket = self._core.fetch(e.slot, e.generation, dst.data_ptr(), e.nbytes, handle, use_prefetched)
         with self._lock:
             if use_prefetched:
-                e.prefetched = None
+                self._disown(e)
             if self.device.type == "cuda":
                 self._inflight[1].append((ticket, dst))
         return dst
@@ -507,6 +636,8 @@ class RingBuffer:
     def stats(self) -> dict:
         """Counters and the memory report: ``slot_bytes``, ``num_slots``, ``slab_bytes``,
         ``bytes_in_use``, ``high_water_bytes`` (bytes of live entries on the host), ``pinned``, ..."""
+        if self._inherited:
+            raise _inherited_error(self.id, self._pid)
         d = dict(self._core.stats()) if self._core is not None else {}
         with self._lock:
             if not self._closed:
@@ -528,11 +659,14 @@ class RingBuffer:
         with _REGISTRY_LOCK:
             _REGISTRY.pop(getattr(self, "id", None), None)
         try:
-            with self._device_guard():
-                self._core.close()
+            if not self._inherited:  # an inherited core is the parent's: nothing to free here
+                with self._device_guard():
+                    self._core.close()
         finally:
             with self._lock:
                 self._closed = True
+                for e in self._entries.values():
+                    self._disown(e)
                 self._entries.clear()
                 self._by_handle.clear()
                 for q in self._inflight:

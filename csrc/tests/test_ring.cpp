@@ -394,4 +394,50 @@ LC_TEST(pinned_modes) {
     throw lctest::Failure("pinned child failed with code " + std::to_string(WEXITSTATUS(status)));
 }
 
+LC_TEST(fork_child_refuses_inherited_rings_and_exits) {
+  // A copy in flight while forking: the child has neither the worker thread nor a usable mutex state.
+  auto r = cpu_ring(4096, 2, FullPolicy::Block, 1.0, 20000);
+  auto src = pattern(4096, 9);
+  std::vector<unsigned char> dst(4096);
+  StoreResult h = r->store(src.data(), src.size(), 0);
+  r->prefetch(h.slot, h.generation, dst.data(), dst.size(), 0);
+  LC_CHECK(!r->inherited());
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(20);  // a hang fails the test instead of stalling ctest
+    int code = 0;
+    if (!r->inherited() || !r->closed()) code = 3;
+    try {
+      r->fetch(h.slot, h.generation, dst.data(), dst.size(), 0, false);
+      code = 4;
+    } catch (const RingError& e) {
+      if (std::string(e.what()).find("parent process") == std::string::npos) code = 5;
+    }
+    try {
+      r->stats();
+      code = 6;
+    } catch (const RingError&) {
+    }
+    r->close();  // a no-op here
+    r.reset();   // the destructor must neither join nor lock
+    try {
+      auto fresh = cpu_ring(4096, 2);
+      std::vector<unsigned char> back(4096);
+      StoreResult f = fresh->store(src.data(), src.size(), 0);
+      fresh->fetch(f.slot, f.generation, back.data(), back.size(), 0, false);
+      if (back != src || fresh->inherited()) code = 7;
+    } catch (...) {
+      code = 8;
+    }
+    std::exit(code);  // normal exit: static destructors run
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  LC_CHECK(WIFEXITED(status));
+  if (WEXITSTATUS(status) != 0)
+    throw lctest::Failure("fork child failed with code " + std::to_string(WEXITSTATUS(status)));
+  r->fetch(h.slot, h.generation, dst.data(), dst.size(), 0, true);  // the parent's ring is intact
+  LC_CHECK(dst == src);
+}
+
 int main(int argc, char** argv) { return lctest::run_all(argc, argv); }

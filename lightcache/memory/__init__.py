@@ -4,7 +4,7 @@ chunk_*.py), sliced latent decode (decode.py), all set by one MemoryPlan (plan.p
 per-stage meter (meter.py)."""
 
 from lightcache.memory.plan import MemoryPlan
-from lightcache.memory.store import DeviceStore
+from lightcache.memory.store import DeviceStore, FeatureStore
 from lightcache.memory.swap import CacheBudgetError, SwapStore
 
-__all__ = ["MemoryPlan", "DeviceStore", "SwapStore", "CacheBudgetError"]
+__all__ = ["MemoryPlan", "FeatureStore", "DeviceStore", "SwapStore", "CacheBudgetError"]
