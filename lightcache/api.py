@@ -61,8 +61,8 @@ def enable(pipe_or_model, policy: Optional[CachePolicy] = None, memory=None):
     for d, adapter in zip(denoisers, found):
         if policy is not None:
             policy.check_model(adapter, d)
-        if memory is not None:
-            memory.check_model(adapter, d, pipe)
+    if memory is not None:  # the plan's VAE check is per pipeline: one warning for an inexact decode
+        memory.check_model(found[0], denoisers[0], pipe)
     sessions = [Session(d, a, policy, memory, pipe=pipe) for d, a in zip(denoisers, found)]
     previous = _installed_groups(denoisers)
     for group, _ in previous:

@@ -230,7 +230,15 @@ def _ours(policy_fn, memory_fn=None):
 def _mem_plan(pipe):
     from lightcache import MemoryPlan
 
-    return MemoryPlan(swap="on", chunk_size=256)
+    # Feature chunk from a byte budget for the widest chunked intermediate, not a fixed 256 rows
+    # (which cut a Wan2.1-1.3B block at 480p into ~55 pieces): on CUDA 1/32 of the device's memory;
+    # on CPU 1.25 MiB, 256 tokens of a Wan-proxy block's widest row (5120 bytes): the proxies' chunk as before.
+    device = next(_denoiser(pipe).parameters()).device
+    if device.type == "cuda":
+        budget = torch.cuda.get_device_properties(device).total_memory // 32
+    else:
+        budget = 256 * 5120
+    return MemoryPlan(swap="on", chunk_size="auto", chunk_budget=budget)
 
 
 def _warmup(steps):
@@ -361,22 +369,32 @@ def _magcache(threshold=None):
     return _diffusers_peer(make), settings
 
 
-# layout of the latent video the denoiser returns: FasterCache splits it into frames for its
-# low/high-frequency CFG approximation
-_FRAME_LAYOUT = {
-    "CogVideoXTransformer3DModel": "BFCHW",
-    "WanTransformer3DModel": "BCFHW",
-    "HunyuanVideoTransformer3DModel": "BCFHW",
-    "MochiTransformer3DModel": "BCFHW",
-}
+def _frame_layout(den) -> Optional[str]:
+    """The frame layout ("BCFHW"/"BFCHW", FasterCache's tensor_format) of the latent video ``den``
+    returns, from its family's latent layout in lightcache's model registry; None when the family
+    packs its latent as tokens (LTX-Video) or is not registered. FasterCache splits the latent into
+    frames for its low/high-frequency CFG approximation."""
+    from lightcache.models import family_for
+
+    try:
+        return family_for(den).adapter.layout.tensor_format
+    except ValueError:  # not a lightcache family: the caller says FasterCache does not apply
+        return None
+
+
+def _framed_denoisers():
+    from lightcache.models import families
+
+    return sorted(c for f in families() if not f.adapter.unet and f.adapter.layout.tensor_format
+                  for c in f.adapter.model_classes)
 
 
 def _fastercache_applies(model: BenchModel) -> Optional[str]:
     den = _denoiser(model.pipe)
-    layout = _FRAME_LAYOUT.get(type(den).__name__)
+    layout = _frame_layout(den)
     if layout is None:
         return (f"not applicable: FasterCache needs the denoiser's frame layout; {type(den).__name__} is not one of "
-                f"{', '.join(sorted(_FRAME_LAYOUT))}")
+                f"{', '.join(_framed_denoisers())}")
     batches = sorted(set(model.denoiser_batches))
     # the bench's inputs hold one prompt, so a batch of 2 is the uncond + cond pair
     if batches != [2]:
@@ -396,7 +414,7 @@ def _fastercache():
             spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 681),
             current_timestep_callback=lambda: pipe.current_timestep, attention_weight_callback=lambda _: 0.3,
             unconditional_batch_skip_range=5, unconditional_batch_timestep_skip_range=(-1, 781),
-            tensor_format=_FRAME_LAYOUT[type(pipe.transformer).__name__])
+            tensor_format=_frame_layout(pipe.transformer))
 
     return _diffusers_peer(make), {"spatial_attention_block_skip_range": 2, "unconditional_batch_skip_range": 5,
                                    "attention_weight": 0.3}

@@ -156,6 +156,7 @@ class Session:
         self.blocks_run = 0
         self.policy_state = None
         self.store = None
+        self._kept_store = None  # the last call's swap store, emptied, its pinned rings kept for the next call
         self._templates: dict = {}
         self.uses_scheduler = False
         self.in_trial = False
@@ -192,17 +193,24 @@ class Session:
             num_blocks=len(self.blocks),
             trial=self.trial,
             parallel=self.parallel,
+            call_args=lambda: self._call_args,
         )
         self.policy_state = self.policy.new_state(run) if self.policy is not None else None
         self.last_stage = "denoise"
 
     def _make_store(self):
+        kept, self._kept_store = self._kept_store, None
+        if kept is not None:
+            kept.reset_peaks()
+            return kept
         if self.memory is not None:
             return self.memory.make_store(self)
         return DeviceStore()
 
-    def release_run_state(self) -> None:
-        """Free cached features and per-run state; the report of the call is kept."""
+    def release_run_state(self, keep_rings: bool = True) -> None:
+        """Free cached features and per-run state; the report of the call is kept. A swap store's
+        emptied pinned rings are kept for the next call (``keep_rings``; pinned allocation is slow),
+        else freed."""
         store, self.store = self.store, None
         self.policy_state = None
         self._templates = {}
@@ -217,11 +225,23 @@ class Session:
                     {"device": store.device_peak, "host": store.host_peak,
                      "largest_feature": getattr(store, "max_feature_bytes", 0)}
                 )
-            store.clear()  # closes the swap store's rings
+            if keep_rings:
+                store.clear(keep_rings=True)
+                self._kept_store = store
+            else:
+                store.close()
 
-    def end_run(self) -> None:
-        """The pipeline call is over (it returned, or raised): free its cache, close its report."""
-        self.release_run_state()
+    def close_kept_store(self) -> None:
+        kept, self._kept_store = self._kept_store, None
+        if kept is not None:
+            kept.close()
+
+    def end_run(self, failed: bool = False) -> None:
+        """The pipeline call is over (it returned, or raised: ``failed``): free its cache, close its
+        report. After a failure nothing is kept, not even empty rings."""
+        self.release_run_state(keep_rings=not failed)
+        if failed:
+            self.close_kept_store()
         self.recorder.close()
         self.run_bytes = None
         self.last_stage = None
@@ -278,7 +298,7 @@ class Session:
             with self.clock() as clock:
                 out = fn(*args, **kwargs)
         except BaseException:
-            self.end_run()
+            self.end_run(failed=True)
             raise
         self.recorder.stage(name, clock, self.store)
         self._check_fit(name, clock.peak)
@@ -368,7 +388,7 @@ class Session:
         blocks run uncached and are not counted as computed work. Returns the output sample."""
         if self._call_args is None:
             raise RuntimeError("lightcache: a trial forward is only possible during a denoiser call")
-        args, kwargs = self.adapter.replace_sample(*self._call_args, sample)
+        args, kwargs = self.adapter.trial_call(self.denoiser, *self._call_args, sample)
         counted = self.blocks_run
         self.in_trial = True
         try:
@@ -394,7 +414,7 @@ class Session:
                 out = self._denoise_call(call, original_forward, args, kwargs)
         except BaseException:
             # the pipeline call is aborted: free the cache, close rings, leave no per-call state
-            self.end_run()
+            self.end_run(failed=True)
             raise
         finally:
             self._current_call = None
@@ -558,7 +578,7 @@ class _PipelineTaps:
                     result = original(*args, **kwargs)
                 except BaseException:
                     for session in sessions:
-                        session.end_run()
+                        session.end_run(failed=True)
                     raise
                 for session in sessions:
                     session.end_step()
@@ -629,6 +649,7 @@ def uninstall(session: Session) -> None:
         session.uses_scheduler = False
         session.taps = None
         session.end_run()
+        session.close_kept_store()
         reg = getattr(session.denoiser, "_diffusers_hook", None)
         if reg is not None:
             reg.invalidate_child_registries_cache()

@@ -14,7 +14,7 @@ from lightcache import engine as lc_engine
 from lightcache.engine import BLOCK_HOOK, DENOISER_HOOK, session_of
 from lightcache.memory import MemoryPlan
 from lightcache.memory.meter import tracking
-from lightcache.ring import open_rings
+from lightcache.ring import get_ring, open_rings
 
 from tiny_pipelines import build, denoiser, output_of
 
@@ -201,11 +201,32 @@ def test_cache_freed_after_every_call(family, swap):
         key = "host" if swap == "on" else "device"
         assert rep.cache_bytes[key] > 0  # the high-water mark of the call, reported
         assert session.store is None and session.policy_state is None and not session.run_active
-        assert open_rings() == []
+        assert all(len(get_ring(i)) == 0 for i in open_rings())  # rings kept for the next call are empty
         gc.collect()
         assert stored and all(r() is None for r in stored)  # no cached tensor stays referenced
     finally:
         lightcache.disable(pipe)
+    assert open_rings() == []
+
+
+def test_swap_rings_are_kept_across_calls_sized_to_need_and_freed_on_disable(wan):
+    pipe, kwargs, _ = wan
+    lightcache.enable(pipe, policy=lightcache.EasyCache(threshold=10.0, warmup_steps=1), memory=MemoryPlan(swap="on"))
+    try:
+        run(pipe, kwargs)
+        first = open_rings()
+        assert first and all(len(get_ring(i)) == 0 for i in first)
+        first_sizes = {get_ring(i).slot_bytes for i in first}
+        out = run(pipe, kwargs)
+        assert open_rings() == first  # the same pinned rings served the second call
+        run(pipe, kwargs, num_frames=5)  # other feature sizes: the old size's rings are freed
+        resized = open_rings()
+        assert resized and not set(resized) & set(first)
+        assert {get_ring(i).slot_bytes for i in resized}.isdisjoint(first_sizes)
+        assert torch.equal(run(pipe, kwargs), out)  # and back: still the same video
+    finally:
+        lightcache.disable(pipe)
+    assert open_rings() == []
 
 
 # -- defect 8: report() is an immutable snapshot -------------------------------------------------

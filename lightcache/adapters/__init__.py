@@ -1,6 +1,6 @@
-"""Model adapters, one file per family. Importing this package registers them all."""
+"""Model adapters: re-exported from the model-family registry (lightcache.models), where each
+family's adapter lives in its own folder next to its chunking spec and VAE slicer."""
 
-from lightcache.adapters import cogvideox, easyanimate, hunyuan_video, ltx, video_unets, wan  # noqa: F401
-from lightcache.adapters.base import ModelAdapter, adapter_for, register_adapter, supported_classes
+from lightcache.models import ModelAdapter, adapter_for, register_adapter, supported_classes
 
 __all__ = ["ModelAdapter", "adapter_for", "register_adapter", "supported_classes"]

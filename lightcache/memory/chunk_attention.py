@@ -11,7 +11,8 @@ is the unchunked one up to the backend's own rounding. What it bounds: the (batc
 score matrix of backends that materialise it (the math backend); calls that torch would run on a
 fused kernel (flash, memory-efficient, cuDNN, CPU flash) never hold it and run unsplit. Attention
 backends that bypass torch's SDPA (flash-attn, sage, xformers packages) are not touched: they
-never materialise the scores either.
+never materialise the scores either. Only that function call is split: the attention module, its
+processor and its projections run as they would unchunked (their hooks and adapters included).
 
 A piece is a run of query rows: ``rows`` = batch items × query positions ≤ the chunk (one batch
 item's queries are split when they alone exceed it), so the scores of one piece take at most

@@ -1,5 +1,10 @@
-"""Feature chunk, DiT part: a whole transformer block over sequence chunks (Wan, HunyuanVideo,
-CogVideoX, LTX-Video, EasyAnimate).
+"""Feature chunk, DiT part: a whole transformer block over sequence chunks -- the generic machinery
+(the hook, the two passes, the swapped-in processors, the spec base classes). What is particular to
+a family's blocks (which processor it expects, how a piece is cut from the block's arguments, its
+rotary embedding, how attention output is finished) is a :class:`_Family` subclass in the family's
+folder, ``lightcache/models/<family>/chunk.py`` (Wan, HunyuanVideo, CogVideoX, LTX-Video,
+EasyAnimate), registered for its block classes by the family's registry entry; :func:`family_of`
+finds it by the block's class MRO.
 
 In these blocks only self-attention mixes tokens; everything else (norms, modulation, projections,
 cross-attention queries, FFN, gated residuals) works on each token alone. So a block call runs as
@@ -92,38 +97,22 @@ class _CallState:
 # -- rotary embeddings -----------------------------------------------------------------------------------
 
 
-def _rope_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Wan's rotary embedding: channel pairs (2i, 2i+1) rotated by the angle whose cosine is
-    ``cos[..., 2i]`` and sine ``sin[..., 2i+1]`` (Wan's processor defines it inline, so it cannot
-    be imported); same element-wise arithmetic, so the same values."""
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    c, s = cos[..., 0::2], sin[..., 1::2]
-    return torch.stack([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).flatten(-2).to(x.dtype)
-
-
 def _rope_embeddings(y: torch.Tensor, rot) -> torch.Tensor:
     from diffusers.models.embeddings import apply_rotary_emb
 
     return apply_rotary_emb(y, rot, sequence_dim=1)  # y: (B, S, H, D), tables (S, D)
 
 
-def _rope_ltx(y: torch.Tensor, rot) -> torch.Tensor:
-    from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
-
-    # LTX rotates the (B, S, heads * head_dim) rows before splitting heads
-    return apply_rotary_emb(y.flatten(2), rot).unflatten(2, y.shape[2:])
-
-
-# -- families --------------------------------------------------------------------------------------------
+# -- the per-family spec: its base, and the joint-sequence base ---------------------------------------------
 
 
 class _Family:
-    """How one family's blocks are chunked. Subclasses name the block classes and the processor
-    class they expect, and define how a piece of the sequence is cut from the block's arguments,
-    how rows are projected, and how the attention output is finished (what the original processor
-    does after attention)."""
+    """How one family's blocks are chunked. Subclasses (one per block kind, in the family's folder
+    ``lightcache/models/<family>/chunk.py``, registered for block classes by the family's entry)
+    name the processor class they expect, and define how a piece of the sequence is cut from the
+    block's arguments, how rows are projected, and how the attention output is finished (what the
+    original processor does after attention)."""
 
-    blocks: Tuple[str, ...] = ()
     processor: Tuple[str, str] = ("", "")  # (module, class) of the original processor
     self_attn = "attn1"
     cross_attn: Optional[str] = None
@@ -235,73 +224,6 @@ class _Outputs:
         self.tensors[i][:, at : at + rows.shape[1]] = rows
 
 
-class _Wan(_Family):
-    blocks = ("WanTransformerBlock",)
-    processor = ("diffusers.models.transformers.transformer_wan", "WanAttnProcessor")
-    cross_attn = "attn2"
-    norm_before_heads = True
-    rotary_arg = "rotary_emb"
-    rotary_seq_dim = 1  # (1, L, 1, head_dim)
-
-    def rows_changes(self, a, r0, r1, t0, t1, joint=None):
-        changes = super().rows_changes(a, r0, r1, t0, t1)
-        temb = a["temb"]
-        if temb.dim() == 4:  # Wan 2.2 TI2V: modulation per token, (B, L, 6, dim)
-            changes["temb"] = temb[:, r0:r1]
-        return changes
-
-    def rope(self, y, rot):
-        return _rope_pairs(y, *rot)
-
-    def usable(self, block):
-        return not (block.attn1.fused_projections or block.attn2.fused_projections)
-
-    def cross_kv(self, attn, enc, mask, batch):
-        img = None
-        if attn.add_k_proj is not None:  # Wan I2V: image tokens first, then the 512 text tokens
-            n_img = enc.shape[1] - 512
-            img, enc = enc[:, :n_img], enc[:, n_img:]
-        k = attn.norm_k(attn.to_k(enc)).unflatten(2, (attn.heads, -1))
-        v = attn.to_v(enc).unflatten(2, (attn.heads, -1))
-        extra = None
-        if img is not None:
-            ki = attn.norm_added_k(attn.add_k_proj(img)).unflatten(2, (attn.heads, -1))
-            vi = attn.add_v_proj(img).unflatten(2, (attn.heads, -1))
-            extra = (ki, vi)
-        return k, v, mask, extra
-
-
-class _LTX(_Family):
-    blocks = ("LTXVideoTransformerBlock",)
-    processor = ("diffusers.models.transformers.transformer_ltx", "LTXVideoAttnProcessor")
-    cross_attn = "attn2"
-    norm_before_heads = True
-    rotary_seq_dim = 1  # (B, L, dim)
-
-    def supported(self, a):
-        temb = a.get("temb")
-        h = a.get("hidden_states")
-        return super().supported(a) and isinstance(temb, torch.Tensor) and temb.shape[1] in (1, h.shape[1])
-
-    def rows_changes(self, a, r0, r1, t0, t1, joint=None):
-        changes = super().rows_changes(a, r0, r1, t0, t1)
-        temb = a["temb"]
-        if temb.shape[1] != 1:  # per-token timesteps (conditioning frames): (B, L, 6 * dim)
-            changes["temb"] = temb[:, r0:r1]
-        return changes
-
-    def rope(self, y, rot):
-        return _rope_ltx(y, rot)
-
-    def cross_kv(self, attn, enc, mask, batch):
-        if mask is not None:
-            mask = attn.prepare_attention_mask(mask, enc.shape[1], batch)
-            mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
-        k = attn.norm_k(attn.to_k(enc)).unflatten(2, (attn.heads, -1))
-        v = attn.to_v(enc).unflatten(2, (attn.heads, -1))
-        return k, v, mask, None
-
-
 class _Joint(_Family):
     """Text and video tokens attend together; pieces hold one stream's rows."""
 
@@ -331,109 +253,12 @@ class _Joint(_Family):
         return 0 if self.text_first else a["hidden_states"].shape[1]
 
 
-class _CogVideoX(_Joint):
-    blocks = ("CogVideoXBlock",)
-    processor = ("diffusers.models.attention_processor", "CogVideoXAttnProcessor2_0")
-    sdpa_direct = True
-    text_first = True
-
-    def supported(self, a):
-        return super().supported(a) and not a.get("attention_kwargs")
-
-    def finish(self, attn, out, n_hidden, n_text):
-        out = attn.to_out[1](attn.to_out[0](out))
-        return out[:, n_text:], out[:, :n_text]
-
-
-class _EasyAnimate(_Joint):
-    blocks = ("EasyAnimateTransformerBlock",)
-    processor = ("diffusers.models.transformers.transformer_easyanimate", "EasyAnimateAttnProcessor2_0")
-    sdpa_direct = True
-    text_first = True
-
-    def finish(self, attn, out, n_hidden, n_text):
-        text, hidden = out[:, :n_text], out[:, n_text:]
-        if getattr(attn, "to_out", None) is not None:
-            hidden = attn.to_out[1](attn.to_out[0](hidden))
-        if getattr(attn, "to_add_out", None) is not None:
-            text = attn.to_add_out(text)
-        return hidden, text
-
-
-class _HunyuanVideo(_Joint):
-    blocks = ("HunyuanVideoTransformerBlock", "HunyuanVideoTokenReplaceTransformerBlock")
-    processor = ("diffusers.models.transformers.transformer_hunyuan_video", "HunyuanVideoAttnProcessor2_0")
-    self_attn = "attn"
-    rotary_arg = "freqs_cis"
-
-    def rows_changes(self, a, r0, r1, t0, t1, joint=None):
-        changes = super().rows_changes(a, r0, r1, t0, t1)
-        if a.get("num_tokens") is not None:  # token replace: the first-frame tokens, counted in the piece
-            changes["num_tokens"] = min(max(a["num_tokens"] - r0, 0), r1 - r0)
-        return changes
-
-    def finish(self, attn, out, n_hidden, n_text):
-        hidden, text = out[:, :n_hidden], out[:, n_hidden:]
-        if getattr(attn, "to_out", None) is not None:
-            hidden = attn.to_out[1](attn.to_out[0](hidden))
-        if getattr(attn, "to_add_out", None) is not None:
-            text = attn.to_add_out(text)
-        return hidden, text
-
-
-class _HunyuanVideoSingle(_HunyuanVideo):
-    """Single-stream blocks concatenate [video, text] themselves and project both with the same
-    weights: pieces run over the joint sequence."""
-
-    blocks = ("HunyuanVideoSingleTransformerBlock", "HunyuanVideoTokenReplaceSingleTransformerBlock")
-    rotary_arg = "image_rotary_emb"
-    joint_pieces = True
-
-    def rows_changes(self, a, r0, r1, t0, t1, joint=None):
-        # ``joint`` holds the piece's rows; its last row goes in as the block's "text" so that the
-        # block's split (by the text length) is never empty
-        changes = super().rows_changes(a, r0, r1, t0, t1)
-        changes["hidden_states"], changes["encoder_hidden_states"] = joint[:, :-1], joint[:, -1:]
-        if a.get("num_tokens") is not None:
-            changes["num_tokens"] = min(max(a["num_tokens"] - r0, 0), joint.shape[1])
-        return changes
-
-    def key_pass(self, block, fwd, args, kwargs, changes):
-        # the block computes its MLP branch before attention; keys need only the normalised rows
-        joint, a = changes["_joint"], changes["_arguments"]
-        if "TokenReplace" in type(block).__name__:
-            norm = block.norm(joint, a["temb"], a["token_replace_emb"], changes["num_tokens"])[0]
-        else:
-            norm = block.norm(joint, emb=a["temb"])[0]
-        block.attn(
-            hidden_states=norm[:, :-1],
-            encoder_hidden_states=norm[:, -1:],
-            attention_mask=a.get("attention_mask"),
-            image_rotary_emb=changes[self.rotary_arg],
-        )
-
-    def place(self, result, piece, outs, a):
-        length = a["hidden_states"].shape[1]
-        at = piece.at
-        for rows in result:  # the piece's first n - 1 rows, then its last
-            split = min(max(length - at, 0), rows.shape[1])  # rows before the text starts
-            if split:
-                outs.write(0, rows[:, :split], at)
-            if split < rows.shape[1]:
-                outs.write(1, rows[:, split:], at + split - length)
-            at += rows.shape[1]
-
-
-_FAMILIES: List[_Family] = [_Wan(), _LTX(), _CogVideoX(), _EasyAnimate(), _HunyuanVideo(), _HunyuanVideoSingle()]
-
-
 def family_of(block: nn.Module) -> Optional[_Family]:
-    """The chunking family of ``block``'s class (by diffusers class name), or None."""
-    name = type(block).__name__
-    for fam in _FAMILIES:
-        if name in fam.blocks:
-            return fam
-    return None
+    """The chunking spec of ``block``'s class, found by its MRO in the model-family registry
+    (lightcache.models: each family's ``chunking``), or None."""
+    from lightcache.models import chunking_for
+
+    return chunking_for(block)
 
 
 # -- processors swapped in for one block call --------------------------------------------------------------

@@ -19,7 +19,10 @@ Not chunked: GroupNorms over frames (SVD's ``TemporalResnetBlock``, TextToVideoS
 clip, and their tensors are no wider than the block's input.
 
 A chunk holds whole items: as many frames (or pixels) as fit the chunk's rows (tokens), at least
-one. Pieces are written into one preallocated output.
+one. Pieces are written into one preallocated output. Each piece is a call of the module's own
+forward (whatever is registered beneath the chunk hook included), never a computation from its
+parameters: LoRA, layerwise casting, quantised or offloaded layers inside apply as unchunked, and a
+hook on a layer inside fires once per piece.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Sliced latent decode (DESIGN.md §4.3).
+"""Sliced latent decode (DESIGN.md §4.3): the generic machinery.
 
 With ``MemoryPlan(decode_slices=...)`` or ``MemoryPlan(decode_budget=...)`` the pipeline's
 ``vae.decode`` runs the VAE's decoder over temporal slices of the latent video (and, when a budget
@@ -12,43 +12,19 @@ much larger than the video, the sliced decode can hold a few percent more than t
 slicing (measured in the tests: HunyuanVideo with its own tiles, 1.08x); it always holds less than
 an unsliced decode.
 
-What a slice is and what is exact, per VAE (``s`` = ``decode_slices``; frames are latent frames for
-the video VAEs, ``r`` = the VAE's temporal compression; a spatial tiling the user switched on
-with ``vae.enable_tiling()`` is kept):
+What a slice is, per VAE, is a :class:`_Slicer` subclass: the per-frame one for image VAEs
+(:class:`PerFrameSlicer`, ``AutoencoderKL``: TextToVideoSD, AnimateDiff) is here, the video VAEs'
+are in their families' folders (``lightcache/models/<family>/decode.py``: Wan, CogVideoX,
+HunyuanVideo, LTX-Video, SVD's temporal decoder), each documenting what is exact, and each is
+registered for its VAE classes by its family's registry entry (lightcache.models); a VAE's slicer is
+found by its class MRO. A spatial tiling the user switched on with ``vae.enable_tiling()`` is kept.
 
-- ``AutoencoderKL`` (TextToVideoSD, AnimateDiff): s frames per decoder call. Frames are decoded
-  independently, so this is exact (up to convolution blocking over a smaller batch, <= 1e-5).
-- ``AutoencoderKLWan``: the first latent frame alone, then s latent frames per decoder call, the
-  decoder's causal feature cache (the last two frames each causal conv saw) carried from slice to
-  slice. Every other layer works per frame, so this is exact: s=1 makes the VAE's own
-  frame-by-frame decoder calls; s>1 differs from them only by convolution blocking (<= 1e-5).
-- ``AutoencoderKLCogVideoX``: the VAE's own frame batches (``num_latent_frames_batch_size``; the
-  first batch also takes the remainder), conv caches carried: exact. Its GroupNorms normalise over
-  all frames of a decoder call, so no other temporal split gives the VAE's output; ``decode_slices``
-  must equal the batch size, and a budget can only add spatial tiles.
-- ``AutoencoderKLHunyuanVideo``: NOT exact. Its GroupNorms normalise over all frames of a decoder
-  call and its mid-block attention spans frames, so no temporal split equals decoding the whole
-  video in one call. A slice is one of the VAE's own temporal tiles (``_temporal_tiled_decode``:
-  windows of s + overlap + 1 latent frames at a stride of s, consecutive windows blended linearly
-  over r * overlap frames; overlap = ``decode_overlap``, by default the VAE's own, 1), streamed: the
-  output equals the VAE's own framewise decode with those tile sizes (on by default in diffusers
-  for videos longer than 4 latent frames) and differs from an untiled decode by what
-  tests/test_memory_decode.py measures.
-- ``AutoencoderKLLTXVideo``: every decoder layer is local in time (per-position norms, kernel-3
-  temporal convs, depth-to-space upsampling), so a slice of s latent frames decoded with
-  ``decode_overlap`` latent frames of context on each side and cropped to its own frames equals the
-  whole-video decode once that margin covers the decoder's temporal receptive field -- the default
-  margin, computed from the decoder's layers (exact; for LTX-Video's own decoder the field spans
-  about 22 latent frames, so exact slices save memory only on long videos). A smaller margin trades
-  exactness for memory (measured in the tests). The VAE's own temporal tiling is not used: in
-  diffusers 0.42.1 the frames it keeps from its second tile on start one frame early (the first
-  repeats the first tile's last frame), so every later frame is shifted by one. Decoders that
-  inject noise (drawn per decoder call) are refused.
-- ``AutoencoderKLTemporalDecoder`` (SVD): the pipeline already decodes ``decode_chunk_size`` frames
-  per call; s splits each call into calls of s frames. The temporal decoder mixes the frames of a
-  call (time convolutions, GroupNorms over frames), so this equals the pipeline run with
-  ``decode_chunk_size=s`` (when s divides the pipeline's chunk) and NOT the pipeline's own chunks
-  (measured in the tests). This VAE has no spatial tiling.
+Exactness: a slicer says whether it is ``exact`` for the plan's settings -- the sliced decode gives
+the VAE's own decode, to convolution blocking (<= 1e-5) -- and when not, its ``inexact_note``:
+:func:`check_decode_slicing` (run by ``lightcache.enable`` through ``MemoryPlan.check_model``) then
+warns once with an :class:`InexactDecodeWarning` saying by how much the output may differ. Spatial
+tiles chosen by a budget warn separately, when the plan for a latent shape is made (they blend tile
+borders). ``s`` in the slicers' docs = ``decode_slices``.
 
 Budget (``decode_budget``, bytes): the bytes the decode may allocate on the device on top of what
 exists when it starts -- decoder activations, causal caches, and the output unless it goes to the
@@ -76,14 +52,12 @@ from typing import Optional
 
 import torch
 
-SUPPORTED = (
-    "AutoencoderKL",
-    "AutoencoderKLWan",
-    "AutoencoderKLCogVideoX",
-    "AutoencoderKLHunyuanVideo",
-    "AutoencoderKLLTXVideo",
-    "AutoencoderKLTemporalDecoder",
-)
+
+class InexactDecodeWarning(UserWarning):
+    """The sliced decode set by a MemoryPlan does not give the VAE's own decode (warned once when
+    lightcache is enabled, with how much the output may differ)."""
+
+
 # smallest spatial tile (latent pixels) a budget may choose: the VAEs' tilings need an overlap >= 1
 _MIN_TILE = 2
 # most tiles per frame a budget may choose (each costs a dry run per slice when planning)
@@ -207,7 +181,7 @@ def _bisect_last(options, fits):
 
 
 # ------------------------------------------------------------------------------------------------
-# per-VAE slicers
+# the slicer base and the generic slicers
 # ------------------------------------------------------------------------------------------------
 
 
@@ -215,18 +189,31 @@ class _Slicer:
     """One VAE family: how to slice, how to run one slice, and the VAE's spatial tiling."""
 
     frame_dim = 2  # video VAEs: (batch, channels, frames, height, width)
+    takes_overlap = False  # MemoryPlan.decode_overlap applies (temporal context per slice)
 
     def __init__(self, vae, memory):
         self.vae = vae
         self.memory = memory
 
     # -- overridden per family -----------------------------------------------------------------
+    @property
+    def exact(self) -> bool:
+        """Whether the sliced decode with this plan's settings gives the VAE's own decode (to
+        convolution blocking, <= 1e-5 max abs)."""
+        return True
+
+    @property
+    def inexact_note(self) -> str:
+        """When not :attr:`exact`: why, and by how much the output may differ."""
+        return ""
+
     def check(self) -> None:
-        if self.memory.decode_overlap is not None:
-            raise ValueError(
-                f"MemoryPlan.decode_overlap applies to AutoencoderKLHunyuanVideo and AutoencoderKLLTXVideo, "
-                f"not {type(self.vae).__name__}"
-            )
+        if self.memory.decode_overlap is not None and not self.takes_overlap:
+            from lightcache.models import slicers_taking_overlap
+
+            names = slicers_taking_overlap()
+            listed = " and ".join(names) if len(names) <= 2 else ", ".join(names[:-1]) + " and " + names[-1]
+            raise ValueError(f"MemoryPlan.decode_overlap applies to {listed}, not {type(self.vae).__name__}")
 
     def slice_options(self, z, extra):
         """Slice sizes a budget may choose, ascending."""
@@ -299,8 +286,10 @@ class _Slicer:
         return extra
 
 
-class _PerFrame(_Slicer):
-    """AutoencoderKL: frames are independent; s frames per call of the VAE's own decode."""
+class PerFrameSlicer(_Slicer):
+    """Image VAEs applied to frames (``AutoencoderKL``: TextToVideoSD, AnimateDiff): s frames per
+    call of the VAE's own decode. Frames are decoded independently, so this is exact (up to
+    convolution blocking over a smaller batch, <= 1e-5)."""
 
     frame_dim = 0
 
@@ -335,222 +324,15 @@ class _PerFrame(_Slicer):
         return self._factor_consistent(tile, 2 ** (len(self.vae.config.block_out_channels) - 1))
 
 
-class _TemporalDecoder(_PerFrame):
-    """SVD: the temporal decoder mixes the frames of one call; s frames per call (see module doc)."""
 
-    def _videos(self, z, extra):
-        nf = extra.get("num_frames")
-        nf = z.shape[0] if nf is None else int(nf)
-        if nf < 1 or z.shape[0] % nf:
-            raise ValueError(
-                f"vae.decode: {z.shape[0]} latent frames are not a whole number of videos of num_frames={nf}"
-            )
-        return nf
+class TemporalWindowSlicer(_Slicer):
+    """Video VAEs decoded over temporal windows with ``decode_overlap`` latent frames of context
+    (HunyuanVideo, LTX-Video): the first latent frame decodes to one frame, every later one to
+    ``temporal_compression_ratio`` frames; spatial tiles are the VAE's own at its stride ratio.
+    Subclasses define the default overlap, one window's decode and the slice loop."""
 
-    def slice_options(self, z, extra):
-        return list(range(1, self._videos(z, extra) + 1))
+    takes_overlap = True
 
-    def run(self, original, z, extra, s, sink, b0, limit=None):
-        nf = self._videos(z, extra)
-        rest = {k: v for k, v in extra.items() if k != "num_frames"}
-        k = 0
-        for v0 in range(0, z.shape[0], nf):  # one video after another, s frames per call
-            for start in range(v0, v0 + nf, s):
-                if limit is not None and k >= limit:
-                    return z.shape[0]
-                stop = min(start + s, v0 + nf)
-                part = original(z[start:stop], num_frames=stop - start, return_dict=False, **rest)[0]
-                sink.write(0, start, part)
-                del part
-                k += 1
-        return z.shape[0]
-
-    def tile_attrs(self, tile):
-        return {}
-
-
-class _Wan(_Slicer):
-    def __init__(self, vae, memory):
-        super().__init__(vae, memory)
-        self.rt = 2 ** sum(bool(t) for t in vae.config.temperal_downsample)
-
-    def slice_options(self, z, extra):
-        return list(range(1, max(1, z.shape[2] - 1) + 1))
-
-    def frames_out(self, z, extra):
-        return 1 + self.rt * (z.shape[2] - 1)
-
-    def _slices(self, t, s):
-        return [(0, 1)] + [(t0, min(t0 + s, t)) for t0 in range(1, t, s)]
-
-    def _geometry(self, h, w):
-        """The VAE's tiled_decode layout when its tiling applies to this latent, else None."""
-        vae = self.vae
-        scr = vae.spatial_compression_ratio
-        lmh, lmw = vae.tile_sample_min_height // scr, vae.tile_sample_min_width // scr
-        if not (vae.use_tiling and (w > lmw or h > lmh)):
-            return None
-        p = vae.config.patch_size or 1
-        sh, sw = vae.tile_sample_stride_height // p, vae.tile_sample_stride_width // p
-        return dict(
-            min=(lmh, lmw),
-            stride=(vae.tile_sample_stride_height // scr, vae.tile_sample_stride_width // scr),
-            blend=(vae.tile_sample_min_height // p - sh, vae.tile_sample_min_width // p - sw),
-            crop=(sh, sw),
-            size=(h * scr // p, w * scr // p),
-        )
-
-    def _finish(self, x):
-        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
-
-        if self.vae.config.patch_size is not None:
-            x = unpatchify(x, patch_size=self.vae.config.patch_size)
-        return torch.clamp(x, min=-1.0, max=1.0)
-
-    def _decode_tile(self, z, cache, first):
-        vae = self.vae
-        x = vae.post_quant_conv(z)
-        return vae.decoder(x, feat_cache=cache, feat_idx=[0], first_chunk=first)
-
-    def run(self, original, z, extra, s, sink, b0, limit=None):
-        vae = self.vae
-        n_conv = vae._cached_conv_counts["decoder"]
-        h, w = z.shape[-2:]
-        geo = self._geometry(h, w)
-        caches = {}  # one causal feature cache per spatial tile, carried across slices
-        f0 = 0
-        for k, (t0, t1) in enumerate(self._slices(z.shape[2], s)):
-            if limit is not None and k >= limit:
-                break
-            zs = z[:, :, t0:t1]
-            if geo is None:
-                out = self._decode_tile(zs, caches.setdefault(None, [None] * n_conv), t0 == 0)
-            else:
-                (lmh, lmw), (st_h, st_w) = geo["min"], geo["stride"]
-                rows = [
-                    [
-                        self._decode_tile(
-                            zs[..., i : i + lmh, j : j + lmw], caches.setdefault((i, j), [None] * n_conv), t0 == 0
-                        )
-                        for j in range(0, w, st_w)
-                    ]
-                    for i in range(0, h, st_h)
-                ]
-                out = _blend_tiles(vae, rows, *geo["blend"], *geo["crop"])
-                del rows
-                out = out[..., : geo["size"][0], : geo["size"][1]]
-            out = self._finish(out)
-            sink.write(b0, f0, out)
-            f0 += out.shape[2]
-            del out
-        return f0
-
-    def tile_stride(self, tile):
-        return self._ratio_stride(tile, self.vae.tile_sample_stride_height / self.vae.tile_sample_min_height)
-
-    def tile_attrs(self, tile):
-        return _square_tiles(tile, self.tile_stride(tile), self.vae.spatial_compression_ratio)
-
-
-def _square_tiles(tile: int, stride: int, ratio: int) -> dict:
-    """The VAE tiling attributes for square latent tiles of ``tile`` pixels every ``stride``."""
-    return dict(
-        use_tiling=True,
-        tile_sample_min_height=tile * ratio,
-        tile_sample_min_width=tile * ratio,
-        tile_sample_stride_height=stride * ratio,
-        tile_sample_stride_width=stride * ratio,
-    )
-
-
-class _CogVideoX(_Slicer):
-    def __init__(self, vae, memory):
-        super().__init__(vae, memory)
-        self.rt = int(vae.config.temporal_compression_ratio)
-        self.spatial_ratio = 2 ** (len(vae.config.block_out_channels) - 1)
-
-    def check(self):
-        super().check()
-        b = self.vae.num_latent_frames_batch_size
-        s = self.memory.decode_slices
-        if s is not None and s != b:
-            raise ValueError(
-                f"MemoryPlan.decode_slices: AutoencoderKLCogVideoX decodes in its own batches of {b} latent frames "
-                f"(its GroupNorms normalise over a whole batch, so another split changes the output); "
-                f"use decode_slices={b} or decode_budget, got {s}"
-            )
-
-    def _groups(self, t):
-        b = self.vae.num_latent_frames_batch_size
-        rem = t % b
-        return [(b * i + (0 if i == 0 else rem), min(t, b * (i + 1) + rem)) for i in range(max(t // b, 1))]
-
-    def slice_options(self, z, extra):
-        return [self.vae.num_latent_frames_batch_size]
-
-    def clamp(self, s, z, extra):
-        return self.vae.num_latent_frames_batch_size
-
-    def frames_out(self, z, extra):
-        # odd frame counts keep their first frame through each time upsampler, even ones double
-        sizes = [g1 - g0 for g0, g1 in self._groups(z.shape[2])]
-        return sum(self.rt * (n - 1) + 1 if n % 2 else self.rt * n for n in sizes)
-
-    def _decode_tile(self, z, caches, key):
-        vae = self.vae
-        if vae.post_quant_conv is not None:
-            z = vae.post_quant_conv(z)
-        out, caches[key] = vae.decoder(z, conv_cache=caches.get(key))
-        return out
-
-    def run(self, original, z, extra, s, sink, b0, limit=None):
-        vae = self.vae
-        h, w = z.shape[-2:]
-        tiled = vae.use_tiling and (w > vae.tile_latent_min_width or h > vae.tile_latent_min_height)
-        caches = {}
-        f0 = 0
-        for k, (g0, g1) in enumerate(self._groups(z.shape[2])):
-            if limit is not None and k >= limit:
-                break
-            zs = z[:, :, g0:g1]
-            if not tiled:
-                out = self._decode_tile(zs, caches, None)
-            else:
-                lmh, lmw = vae.tile_latent_min_height, vae.tile_latent_min_width
-                fh, fw = vae.tile_overlap_factor_height, vae.tile_overlap_factor_width
-                ov_h, ov_w = int(lmh * (1 - fh)), int(lmw * (1 - fw))
-                bh, bw = int(vae.tile_sample_min_height * fh), int(vae.tile_sample_min_width * fw)
-                rows = [
-                    [self._decode_tile(zs[..., i : i + lmh, j : j + lmw], caches, (i, j)) for j in range(0, w, ov_w)]
-                    for i in range(0, h, ov_h)
-                ]
-                out = _blend_tiles(vae, rows, bh, bw, vae.tile_sample_min_height - bh, vae.tile_sample_min_width - bw)
-                del rows
-            sink.write(b0, f0, out)
-            f0 += out.shape[2]
-            del out
-        return f0
-
-    def tile_stride(self, tile):
-        return int(tile * (1 - self._overlap_factor(tile)))
-
-    def tile_consistent(self, tile):
-        return self._factor_consistent(tile, self.spatial_ratio)
-
-    def tile_attrs(self, tile):
-        f = self._overlap_factor(tile)
-        return dict(
-            use_tiling=True,
-            tile_sample_min_height=tile * self.spatial_ratio,
-            tile_sample_min_width=tile * self.spatial_ratio,
-            tile_latent_min_height=tile,
-            tile_latent_min_width=tile,
-            tile_overlap_factor_height=f,
-            tile_overlap_factor_width=f,
-        )
-
-
-class _Hunyuan(_Slicer):
     def __init__(self, vae, memory):
         super().__init__(vae, memory)
         self.rt = vae.temporal_compression_ratio
@@ -561,156 +343,53 @@ class _Hunyuan(_Slicer):
         if o is not None and o < 0:
             raise ValueError(f"MemoryPlan.decode_overlap must be >= 0 latent frames, got {o}")
 
+    def default_overlap(self) -> int:
+        raise NotImplementedError
+
     def overlap(self) -> int:
         o = self.memory.decode_overlap
-        if o is not None:
-            return o
-        vae = self.vae  # the VAE's own tiles overlap by (min - stride) sample frames
-        return max(0, (vae.tile_sample_min_num_frames - vae.tile_sample_stride_num_frames) // self.rt)
-
-    def slice_options(self, z, extra):
-        return list(range(1, max(1, z.shape[2]) + 1))
+        return self.default_overlap() if o is None else o
 
     def frames_out(self, z, extra):
         return (z.shape[2] - 1) * self.rt + 1
-
-    def _window(self, z):
-        vae = self.vae
-        lmh = vae.tile_sample_min_height // self.spatial_ratio
-        lmw = vae.tile_sample_min_width // self.spatial_ratio
-        if vae.use_tiling and (z.shape[-1] > lmw or z.shape[-2] > lmh):
-            return vae.tiled_decode(z, return_dict=True).sample
-        return vae.decoder(vae.post_quant_conv(z))
-
-    def run(self, original, z, extra, s, sink, b0, limit=None):
-        t, r = z.shape[2], self.rt
-        frames = self.frames_out(z, extra)
-        st = s
-        m = s + self.overlap()
-        if t <= m:  # one window: the VAE decodes such a video whole
-            out = self._window(z)
-            sink.write(b0, 0, out)
-            return out.shape[2]
-        blend = r * (m - st)
-        f0, tail = 0, None
-        for k, i in enumerate(range(0, t, st)):
-            if f0 >= frames or (limit is not None and k >= limit):
-                break
-            dec = self._window(z[:, :, i : i + m + 1])
-            if i > 0:
-                dec = dec[:, :, 1:]  # the window's first frame was decoded as a video start
-            if tail is not None:
-                dec = self.vae.blend_t(tail, dec, blend)
-            keep = dec[:, :, : r * st + (1 if k == 0 else 0)]
-            n = min(keep.shape[2], frames - f0)
-            sink.write(b0, f0, keep[:, :, :n])
-            f0 += n
-            # the next window blends with this one's last frames (as blended, like the VAE's list)
-            tail = dec[:, :, -blend:].clone() if blend > 0 else None
-            del dec, keep
-        return f0
 
     def tile_stride(self, tile):
         return self._ratio_stride(tile, self.vae.tile_sample_stride_height / self.vae.tile_sample_min_height)
 
     def tile_attrs(self, tile):
-        return _square_tiles(tile, self.tile_stride(tile), self.spatial_ratio)
+        return square_tiles(tile, self.tile_stride(tile), self.spatial_ratio)
 
 
-class _LTX(_Hunyuan):
-    def check(self):
-        super().check()
-        cfg = self.vae.config
-        if any(cfg.decoder_inject_noise):
-            raise ValueError(
-                "MemoryPlan.decode_slices: this AutoencoderKLLTXVideo injects random noise in its decoder, drawn per "
-                "decoder call, so a sliced decode would draw different noise; sliced decode is not offered for it"
-            )
-        if cfg.patch_size_t != 1:
-            raise ValueError(
-                f"MemoryPlan.decode_slices: AutoencoderKLLTXVideo with patch_size_t={cfg.patch_size_t} is not "
-                "supported (1 is)"
-            )
-
-    def receptive_radius(self) -> int:
-        """Latent frames on either side that can reach an output frame through the decoder's
-        temporal convs (each conv's reach divided by the temporal upsampling before it), rounded up."""
-        from diffusers.models.autoencoders.autoencoder_kl_ltx import LTXVideoCausalConv3d, LTXVideoUpsampler3d
-
-        upsampler_conv = {}
-        for m in self.vae.decoder.modules():
-            if isinstance(m, LTXVideoUpsampler3d):
-                upsampler_conv[id(m.conv)] = m.stride[0]
-        reach, rate = 0.0, 1
-        for m in self.vae.decoder.modules():  # registration order is execution order in this decoder
-            if isinstance(m, LTXVideoCausalConv3d):
-                k = m.kernel_size[0]
-                reach += ((k - 1) if m.is_causal else (k - 1) // 2) / rate
-                rate *= upsampler_conv.get(id(m), 1)
-        return math.ceil(reach)
-
-    def overlap(self):
-        o = self.memory.decode_overlap
-        return self.receptive_radius() if o is None else o
-
-    def _window(self, z, temb):
-        vae = self.vae
-        lmh = vae.tile_sample_min_height // vae.spatial_compression_ratio
-        lmw = vae.tile_sample_min_width // vae.spatial_compression_ratio
-        if vae.use_tiling and (z.shape[-1] > lmw or z.shape[-2] > lmh):
-            return vae.tiled_decode(z, temb, return_dict=True).sample
-        return vae.decoder(z, temb)
-
-    def probe_limit(self, s):
-        return 2 + math.ceil(self.overlap() / s)  # up to the first slice with context on both sides
-
-    def split_extra(self, extra, b0, b1):
-        temb = extra.get("temb")
-        if isinstance(temb, torch.Tensor) and temb.ndim > 0 and temb.shape[0] > 1:
-            return dict(extra, temb=temb[b0:b1])
-        return extra
-
-    def run(self, original, z, extra, s, sink, b0, limit=None):
-        t, r, halo = z.shape[2], self.rt, self.overlap()
-        temb = extra.get("temb")
-        g1 = 0
-        for k, t0 in enumerate(range(0, t, s)):
-            if limit is not None and k >= limit:
-                break
-            t1 = min(t, t0 + s)
-            a0, a1 = max(0, t0 - halo), min(t, t1 + halo)
-            dec = self._window(z[:, :, a0:a1], temb)
-            if dec.shape[2] != r * (a1 - a0 - 1) + 1:
-                raise RuntimeError(
-                    f"lightcache sliced decode: LTX decoder gave {dec.shape[2]} frames for {a1 - a0} latent frames"
-                )
-            # a window's first latent frame decodes to one frame: output frame r*a0 of the video
-            g0 = 0 if t0 == 0 else r * (t0 - 1) + 1
-            g1 = r * (t1 - 1) + 1
-            sink.write(b0, g0, dec[:, :, g0 - r * a0 : g1 - r * a0])
-            del dec
-        return g1
+def square_tiles(tile: int, stride: int, ratio: int) -> dict:
+    """The VAE tiling attributes for square latent tiles of ``tile`` pixels every ``stride``."""
+    return dict(
+        use_tiling=True,
+        tile_sample_min_height=tile * ratio,
+        tile_sample_min_width=tile * ratio,
+        tile_sample_stride_height=stride * ratio,
+        tile_sample_stride_width=stride * ratio,
+    )
 
 
-_SLICERS = {
-    "AutoencoderKL": _PerFrame,
-    "AutoencoderKLTemporalDecoder": _TemporalDecoder,
-    "AutoencoderKLWan": _Wan,
-    "AutoencoderKLCogVideoX": _CogVideoX,
-    "AutoencoderKLHunyuanVideo": _Hunyuan,
-    "AutoencoderKLLTXVideo": _LTX,
-}
+def __getattr__(name):
+    if name == "SUPPORTED":  # the VAE class names with a slicer (the registry's, when asked)
+        from lightcache.models import supported_vaes
+
+        return tuple(supported_vaes())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _slicer(vae, memory) -> _Slicer:
-    name = type(vae).__name__
-    if name not in _SLICERS:
+    from lightcache.models import slicer_for, supported_vaes
+
+    cls = slicer_for(vae)
+    if cls is None:
         field = "decode_slices" if memory.decode_slices is not None else "decode_budget"
         raise ValueError(
-            f"MemoryPlan.{field}: sliced decode supports {', '.join(SUPPORTED)}; "
-            f"the pipeline's VAE is {name if vae is not None else 'missing'}"
+            f"MemoryPlan.{field}: sliced decode supports {', '.join(supported_vaes())} (and their subclasses); "
+            f"the pipeline's VAE is {type(vae).__name__ if vae is not None else 'missing'}"
         )
-    slicer = _SLICERS[name](vae, memory)
+    slicer = cls(vae, memory)
     slicer.check()
     return slicer
 
@@ -826,8 +505,18 @@ class _Decoder:
 
 
 def check_decode_slicing(vae, memory) -> None:
-    """ValueError when ``memory``'s decode settings cannot apply to ``vae`` (see module doc)."""
-    _slicer(vae, memory)
+    """ValueError when ``memory``'s decode settings cannot apply to ``vae``; an
+    :class:`InexactDecodeWarning` (one per call: ``lightcache.enable`` makes one per denoiser) when
+    they apply but do not give the VAE's own decode, saying by how much the output may differ."""
+    slicer = _slicer(vae, memory)
+    if not slicer.exact:
+        field = "decode_slices" if memory.decode_slices is not None else "decode_budget"
+        warnings.warn(
+            f"lightcache: MemoryPlan.{field}={getattr(memory, field)}: the sliced decode of {type(vae).__name__} "
+            f"is not exact, its output may differ from the VAE's own decode: {slicer.inexact_note}",
+            InexactDecodeWarning,
+            stacklevel=4,  # the caller of lightcache.enable (through MemoryPlan.check_model)
+        )
 
 
 def _bind(vae, args, kwargs):

@@ -120,8 +120,9 @@ class FeatureStore(abc.ABC):
         return key in self._items
 
     @abc.abstractmethod
-    def clear(self) -> None:
-        """Drop every cached feature."""
+    def clear(self, keep_rings: bool = False) -> None:
+        """Drop every cached feature. ``keep_rings``: keep what the store allocated for holding
+        features (a swap store's pinned rings) for the next pipeline call, until :meth:`close`."""
 
     def close(self) -> None:
         """Drop every feature and free what the store holds for reuse (idempotent)."""
@@ -162,6 +163,6 @@ class DeviceStore(FeatureStore):
         item = self._item(key)
         return item.stored, item.scale
 
-    def clear(self) -> None:
+    def clear(self, keep_rings: bool = False) -> None:  # nothing but the features themselves to free
         self._items.clear()
         self.device_bytes = 0

@@ -81,6 +81,7 @@ class SwapStore(FeatureStore):
         self.plan = plan
         self.device = device
         self._rings: Dict[int, List[RingBuffer]] = {}  # slot bytes -> rings
+        self._rings_used: Dict[int, int] = {}  # slot bytes -> rings this call needed (kept by clear(keep_rings=True))
         self._items: Dict[Hashable, _Swapped] = {}
         self._ids = itertools.count()
         self._scale_bytes = 0  # per-token scales of the live features (on the device)
@@ -113,8 +114,9 @@ class SwapStore(FeatureStore):
 
     def _ring_for(self, nbytes: int) -> RingBuffer:
         rings = self._rings.setdefault(nbytes, [])
-        for ring in rings:
+        for i, ring in enumerate(rings):
             if len(ring) < ring.num_slots:
+                self._rings_used[nbytes] = max(self._rings_used.get(nbytes, 0), i + 1)
                 return ring
         slab = nbytes * SLOTS_PER_RING
         budget = self.plan.host_cache_budget
@@ -127,6 +129,7 @@ class SwapStore(FeatureStore):
         ring = RingBuffer(slot_bytes=nbytes, num_slots=SLOTS_PER_RING, device=self.device, pinned=self.plan.pinned,
                           sync_store=self.plan.sync_store)
         rings.append(ring)
+        self._rings_used[nbytes] = len(rings)
         return ring
 
     def _budget_error(self, key, stored: Tensor, budget: int, scales: int, largest: int) -> ValueError:
@@ -228,17 +231,24 @@ class SwapStore(FeatureStore):
             self._device_sub(n)
 
     def clear(self, keep_rings: bool = False) -> None:
-        """Drop every cached feature. ``keep_rings``: leave the (now empty) rings open for the next
-        call's features; :meth:`close` frees them."""
+        """Drop every cached feature. ``keep_rings``: leave the (now empty) rings that this call
+        needed open for the next call's features (sized to need: rings of feature sizes the call
+        did not use, or beyond the number it used at once, are freed); :meth:`close` frees them."""
         if not isinstance(keep_rings, bool):
             raise TypeError(f"keep_rings must be a bool, got {type(keep_rings).__name__}")
         for key in list(self._items):
             self._drop(key)
-        if not keep_rings:
-            for rings in self._rings.values():
-                for ring in rings:
-                    ring.close()
-            self._rings.clear()
+        used = self._rings_used if keep_rings else {}
+        for size in list(self._rings):
+            rings = self._rings[size]
+            keep = used.get(size, 0)
+            for ring in rings[keep:]:
+                ring.close()
+            if keep:
+                self._rings[size] = rings[:keep]
+            else:
+                del self._rings[size]
+        self._rings_used = {}
 
     def close(self) -> None:
         """Drop every feature and free the rings (idempotent; a later put opens new ones)."""

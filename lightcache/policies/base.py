@@ -53,9 +53,16 @@ class RunContext:
         block input/output streams).
     denoiser: the denoiser module (read its structure; never call it: use ``trial``).
     num_blocks: the number of blocks the engine hooks (block indices run 0 .. num_blocks - 1).
-    trial: ``trial(sample) -> output sample``: runs the current denoiser call on a replacement
-        latent, uncached and not counted as computed work (LFCache's cheap trial forward).
+    trial: ``trial(sample) -> output``: runs the current denoiser call on a replacement latent
+        ``sample`` given as a canonical (B, C, T, H, W) video (lightcache.models.layout), uncached
+        and not counted as computed work (LFCache's cheap trial forward). The call is built by
+        ``adapter.trial_call``, which puts the sample in the denoiser's layout and makes every
+        size-dependent argument match its grid; the output comes back in the denoiser's layout
+        (``adapter.layout.to_bcthw(out, grid=sample.shape[2:])`` reads it as a video).
     parallel: the context-parallel group (lightcache.parallel), None in one process.
+    call_args: ``call_args() -> (args, kwargs)`` of the current denoiser call as the pipeline
+        passed them (None outside a call), for reading the latent through the layout (LTX-Video's
+        packed tokens need the call's grid); read them, never modify them.
     """
 
     store: Any
@@ -64,6 +71,7 @@ class RunContext:
     num_blocks: int = 0
     trial: Optional[Callable[[Tensor], Tensor]] = None
     parallel: Any = None
+    call_args: Optional[Callable[[], Optional[Tuple[tuple, dict]]]] = None
 
 
 class CachePolicy:

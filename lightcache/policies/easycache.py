@@ -11,7 +11,9 @@ joint call) decides; the other branch follows that decision with its own Δ.
 
 Choices where the method leaves room: means are over all elements of the batch (one decision per
 call, as the issue asks); for image-conditioned models whose input has more channels than the
-output (Wan I2V), x is the input's first ``out_channels`` channels (the noisy latent).
+output, x is the input's first ``out_channels`` channels (the noisy latent), along the channel
+dimension of the family's latent layout (``run.adapter.layout.channel_dim``: dim 1 of Wan I2V's
+(B, C, T, H, W), dim 2 of CogVideoX I2V's (B, F, C, H, W)).
 
 Under context parallelism (lightcache.parallel) the means are over the whole latents (which every
 rank holds), summed from each rank's part: the rate terms of a full compute wait as partial means
@@ -27,6 +29,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from lightcache.models.layout import CHANNELS_FIRST, latent_part as _latent_part
 from lightcache.policies.base import (
     CachePolicy,
     CallInfo,
@@ -39,23 +42,21 @@ from lightcache.policies.base import (
 )
 
 
-def latent_part(x: Tensor, out: Tensor) -> Tensor:
-    """The part of the denoiser input that its output refers to (I2V inputs carry extra channels)."""
-    if x.shape == out.shape:
-        return x
-    if x.dim() == out.dim() and x.shape[0] == out.shape[0] and x.shape[2:] == out.shape[2:] and x.shape[1] > out.shape[1]:
-        return x[:, : out.shape[1]]
-    raise ValueError(f"cannot relate denoiser input {tuple(x.shape)} to its output {tuple(out.shape)}")
+def latent_part(x: Tensor, out: Tensor, channel_dim: int = 1) -> Tensor:
+    """The part of the denoiser input that its output refers to (I2V inputs carry extra channels
+    on ``channel_dim``: the latent layout's, see lightcache.models.layout)."""
+    return _latent_part(x, out, channel_dim)
 
 
 @dataclass
 class EasyCacheState:
     store: object = None  # the run's FeatureStore (RunContext.store)
+    layout: object = CHANNELS_FIRST  # the denoiser's latent layout (RunContext.adapter.layout)
     accumulated: Optional[Tensor] = None  # E (device, fp32)
     rate: Optional[Tensor] = None  # k (device, fp32)
     prev_x: Optional[Tensor] = None  # leader input of the previous call (x_{t-1})
     has_last: bool = False  # x_i, v_i of the last full compute are in the store
-    last_channels: Optional[int] = None  # channels of v (the latent part of x)
+    last_channels: Optional[int] = None  # channels of v (the latent part of x, on layout.channel_dim)
     last_out_mean: Optional[Tensor] = None  # mean|v_i|
     decisions: dict = field(default_factory=dict)  # step -> computed?
     epsilons: dict = field(default_factory=dict)  # step -> ε_t (0-d device tensor)
@@ -84,11 +85,14 @@ class EasyCache(CachePolicy):
 
     @classmethod
     def for_model(cls, family: str) -> "EasyCache":
-        """The reference settings for a model family ("wan", "hunyuan_video")."""
-        presets = {"wan": cls(0.05, 10), "hunyuan_video": cls(0.025, 5)}
-        if family not in presets:
-            raise ValueError(f"family must be one of {sorted(presets)}, got {family!r}")
-        return presets[family]
+        """The reference settings for a model family ("wan", "hunyuan_video"): the family's
+        EasyCache preset in the model registry (lightcache.models)."""
+        from lightcache.models import presets
+
+        found = presets(cls.__name__)
+        if family not in found:
+            raise ValueError(f"family must be one of {sorted(found)} (the families with EasyCache presets), got {family!r}")
+        return cls(**found[family])
 
     def check_model(self, adapter, model) -> None:
         if adapter.unet:
@@ -98,7 +102,9 @@ class EasyCache(CachePolicy):
             )
 
     def new_state(self, run: RunContext) -> EasyCacheState:
-        return EasyCacheState(store=run.store, parallel=run.parallel)
+        # no adapter (a policy driven by hand): the default adapter's channels-first layout
+        layout = CHANNELS_FIRST if run.adapter is None else run.adapter.layout
+        return EasyCacheState(store=run.store, layout=layout, parallel=run.parallel)
 
     def should_compute(self, state: EasyCacheState, call: CallInfo, x: Tensor) -> bool:
         if not call.leader:
@@ -107,7 +113,7 @@ class EasyCache(CachePolicy):
         has_rate = state.rate is not None or state.pending is not None
         forced = call.step < self.warmup_steps or call.is_last_step or not has_rate or state.prev_x is None
         if not forced:
-            x_lat = x[:, : state.last_channels]
+            x_lat = state.layout.narrow_channels(x, state.last_channels)
             mean, count, total = part_mean_abs_diff(state.parallel, x_lat, state.prev_x)
             means, counts, totals = ([], [], []) if state.pending is None else state.pending
             g = global_means(state.parallel, list(means) + [mean], list(counts) + [count], list(totals) + [total])
@@ -128,7 +134,7 @@ class EasyCache(CachePolicy):
         return compute
 
     def after_compute(self, state: EasyCacheState, call: CallInfo, x: Tensor, out: Tensor) -> None:
-        x_lat = latent_part(x, out)
+        x_lat = state.layout.latent_part(x, out)
         state.store.put((call.branch, "delta"), out - x_lat)
         if not call.leader:
             return
@@ -144,13 +150,13 @@ class EasyCache(CachePolicy):
         state.store.put(("rate", "x"), x_lat)
         state.store.put(("rate", "v"), out)
         state.has_last = True
-        state.last_channels = out.shape[1]
+        state.last_channels = state.layout.channels(out)
 
     def after_call(self, state: EasyCacheState, call: CallInfo, x: Tensor) -> None:
         if call.leader:
-            lat = x if state.last_channels is None else x[:, : state.last_channels]
+            lat = x if state.last_channels is None else state.layout.narrow_channels(x, state.last_channels)
             state.prev_x = lat.detach()  # the pipeline's own latent: a new tensor every step
 
     def reused_output(self, state: EasyCacheState, call: CallInfo, x: Tensor) -> Tensor:
         delta, scale = state.store.get((call.branch, "delta"))
-        return torch.ops.lightcache.reuse(latent_part(x, delta), delta, scale)
+        return torch.ops.lightcache.reuse(state.layout.latent_part(x, delta), delta, scale)

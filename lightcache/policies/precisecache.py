@@ -13,7 +13,15 @@ computed steps of the window; the others return in_j + D_j.
 Choices the paper leaves open, each a parameter:
   * signal: "trial" = the prediction of a trial forward on the latent average-pooled by
     ``trial_downsample`` (time, height, width) = (2, 4, 4) (the paper's); "input" = the latent
-    input itself (free, no trial forward).
+    input itself (free, no trial forward). Either way F is read as the canonical video
+    (B, C, T, H, W) through the family's latent layout (``run.adapter.layout``: CogVideoX's
+    (B, F, C, H, W) is permuted, LTX-Video's packed tokens unpacked over the call's grid), so the
+    low-frequency signal sees (H, W) frames, and the trial call is built by the adapter
+    (``run.adapter.trial_call``) with every size-dependent argument (grid sizes, rotary tables,
+    per-token timesteps, side latents) made consistent with the pooled grid. Pooled sizes are
+    ceil(size / factor), rounded up to the model's patch multiple (at least 2 in height and width:
+    a one-pixel frame has no spatial frequencies). Models that accept no other size (CogVideoX
+    with learned positional embeddings) are refused at enable() for the trial signal.
   * the max in δ = α · max s is over all signals of the current run so far (including the current
     one); the sum A includes the current step's signal.
   * warm-up: the first ceil(warmup_ratio · N) steps are computed (at least 1); the last step is
@@ -36,9 +44,9 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from lightcache.models.layout import pool_to
 from lightcache.parallel import partial_sums
 from lightcache.policies.base import (
     CachePolicy,
@@ -127,6 +135,13 @@ class PreciseCache(CachePolicy):
                 f"policy: PreciseCache works on video transformers (DiTs); {adapter.family} is a video UNet: "
                 "use DeepCache"
             )
+        if self.signal == "trial":
+            reason = adapter.layout.trial_refusal(model)
+            if reason is not None:
+                raise ValueError(
+                    f"PreciseCache.signal='trial' (the default): {reason}; use PreciseCache(signal='input') "
+                    "(the latent input itself as the signal, no trial forward)"
+                )
 
     def new_state(self, run) -> PreciseCacheState:
         return PreciseCacheState(store=run.store, run=run, parallel=run.parallel)
@@ -139,9 +154,18 @@ class PreciseCache(CachePolicy):
     # -- LFCache -------------------------------------------------------------------------------
 
     def _signal_input(self, state: PreciseCacheState, x: Tensor) -> Tensor:
+        """F_t as a canonical (B, C, T, H, W) video: the latent itself, or the trial forward's
+        prediction on the pooled latent."""
+        run = state.run
+        layout = run.adapter.layout
+        args, kwargs = _call_arguments(run)
+        video = layout.to_bcthw(x, args, kwargs)
         if self.signal == "input":
-            return x
-        return state.run.trial(downsample(x, self.trial_downsample))
+            return video
+        # without a denoiser (a policy driven by hand) no patch sizes are known: only the (1, 2, 2) floor
+        multiple = layout.patch_multiple(run.denoiser) if run.denoiser is not None else (1, 1, 1)
+        pooled = downsample(video, self.trial_downsample, multiple)
+        return layout.to_bcthw(run.trial(pooled), grid=tuple(pooled.shape[2:]))
 
     def should_compute(self, state: PreciseCacheState, call: CallInfo, x: Tensor) -> bool:
         if not call.leader:
@@ -293,12 +317,18 @@ class PreciseCache(CachePolicy):
         state.pivotal[branch] = {j for _, j in scores[:keep]}
 
 
-def downsample(x: Tensor, factors: Tuple[int, int, int]) -> Tensor:
-    """Average-pool a (B, C, T, H, W) latent by (t, h, w) with ceil sizes, keeping H and W even
-    multiples of 2 (DiT patch size) where possible."""
+def _call_arguments(run):
+    """(args, kwargs) of the current denoiser call, or empty ones where the run cannot give them
+    (a RunContext made without ``call_args``: layouts that need them say so)."""
+    current = run.call_args() if run.call_args is not None else None
+    return current if current is not None else ((), {})
+
+
+def downsample(x: Tensor, factors: Tuple[int, int, int], multiple: Tuple[int, int, int] = (1, 2, 2)) -> Tensor:
+    """Average-pool a (B, C, T, H, W) latent by (t, h, w) with ceil sizes, each rounded up to a
+    multiple of ``multiple`` (the model's patch sizes; height and width also even, so at least 2)."""
     if x.dim() != 5:
         raise ValueError(f"the trial forward needs a (B, C, T, H, W) latent, got shape {tuple(x.shape)}")
-    ft, fh, fw = factors
-    t, h, w = x.shape[2:]
-    size = (max(1, math.ceil(t / ft)), max(2, 2 * math.ceil(h / fh / 2)), max(2, 2 * math.ceil(w / fw / 2)))
-    return F.adaptive_avg_pool3d(x.float(), size).to(x.dtype)
+    steps = (multiple[0], math.lcm(2, multiple[1]), math.lcm(2, multiple[2]))
+    size = tuple(max(m, m * math.ceil(n / f / m)) for n, f, m in zip(x.shape[2:], factors, steps))
+    return pool_to(x, size)
