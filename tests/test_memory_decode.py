@@ -475,3 +475,23 @@ def test_decode_plan_is_made_once_per_shape():
     first = dec.plan_for(fn, z, {"generator": None})
     assert isinstance(first, DecodePlan) and dec.plan_for(fn, z, {"generator": None}) is first
     assert dec.plan_for(fn, z[:4], {"generator": None}) is not first
+
+
+# -- EasyAnimate (AutoencoderKLMagvit): its own frame batches ----------------------------------------
+
+
+def test_magvit_decodes_in_its_own_batches_bit_identical_and_refuses_other_slices():
+    pipe, _ = build("easyanimate")
+    vae = pipe.vae
+    z = latents((1, vae.config.latent_channels, 3, 4, 4))
+    ref, ref_peak = decode(vae, z)
+    for memory in (MemoryPlan(decode_slices=1), MemoryPlan(decode_budget=10**9),
+                   MemoryPlan(decode_slices=1, decode_to_host=True)):
+        out, _ = decode(vae, z, memory)
+        assert torch.equal(out, ref)  # the VAE's own decoder calls, conv caches carried
+    assert all(m.prev_features is None for m in vae.modules() if hasattr(m, "prev_features"))  # caches cleared
+    with pytest.raises(ValueError, match=r"AutoencoderKLMagvit decodes in its own batches of 1 latent frames.*decode_slices=1"):
+        check_decode_slicing(vae, MemoryPlan(decode_slices=2))
+    minimum = plan_decode(vae, z, MemoryPlan(decode_budget=10**9)).estimated_bytes
+    with pytest.raises(ValueError, match=rf"the minimum is {minimum} bytes"):
+        plan_decode(vae, z, MemoryPlan(decode_budget=minimum - 1))

@@ -286,6 +286,30 @@ class _Slicer:
         return extra
 
 
+class OwnBatchesSlicer(_Slicer):
+    """VAEs whose GroupNorms normalise over the frames of one decoder call and that decode in
+    their own batches of ``num_latent_frames_batch_size`` latent frames (CogVideoX, Magvit): only
+    those batches give the VAE's output, so ``decode_slices`` must equal the batch size and a
+    budget can change nothing but spatial tiles (where the VAE has them)."""
+
+    def check(self):
+        super().check()
+        b = self.vae.num_latent_frames_batch_size
+        s = self.memory.decode_slices
+        if s is not None and s != b:
+            raise ValueError(
+                f"MemoryPlan.decode_slices: {type(self.vae).__name__} decodes in its own batches of {b} latent "
+                "frames (its GroupNorms normalise over a whole batch, so another split changes the output); "
+                f"use decode_slices={b} or decode_budget, got {s}"
+            )
+
+    def slice_options(self, z, extra):
+        return [self.vae.num_latent_frames_batch_size]
+
+    def clamp(self, s, z, extra):
+        return self.vae.num_latent_frames_batch_size
+
+
 class PerFrameSlicer(_Slicer):
     """Image VAEs applied to frames (``AutoencoderKL``: TextToVideoSD, AnimateDiff): s frames per
     call of the VAE's own decode. Frames are decoded independently, so this is exact (up to

@@ -8,36 +8,19 @@ a budget can only add spatial tiles.
 
 from __future__ import annotations
 
-from lightcache.memory.decode import _blend_tiles, _Slicer
+from lightcache.memory.decode import OwnBatchesSlicer, _blend_tiles
 
 
-class CogVideoXSlicer(_Slicer):
+class CogVideoXSlicer(OwnBatchesSlicer):
     def __init__(self, vae, memory):
         super().__init__(vae, memory)
         self.rt = int(vae.config.temporal_compression_ratio)
         self.spatial_ratio = 2 ** (len(vae.config.block_out_channels) - 1)
 
-    def check(self):
-        super().check()
-        b = self.vae.num_latent_frames_batch_size
-        s = self.memory.decode_slices
-        if s is not None and s != b:
-            raise ValueError(
-                f"MemoryPlan.decode_slices: AutoencoderKLCogVideoX decodes in its own batches of {b} latent frames "
-                f"(its GroupNorms normalise over a whole batch, so another split changes the output); "
-                f"use decode_slices={b} or decode_budget, got {s}"
-            )
-
     def _groups(self, t):
         b = self.vae.num_latent_frames_batch_size
         rem = t % b
         return [(b * i + (0 if i == 0 else rem), min(t, b * (i + 1) + rem)) for i in range(max(t // b, 1))]
-
-    def slice_options(self, z, extra):
-        return [self.vae.num_latent_frames_batch_size]
-
-    def clamp(self, s, z, extra):
-        return self.vae.num_latent_frames_batch_size
 
     def frames_out(self, z, extra):
         # odd frame counts keep their first frame through each time upsampler, even ones double

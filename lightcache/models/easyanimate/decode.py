@@ -11,30 +11,13 @@ output and concatenating them. ``decode_slices`` must equal the batch size; the 
 
 from __future__ import annotations
 
-from lightcache.memory.decode import _Slicer
+from lightcache.memory.decode import OwnBatchesSlicer
 
 
-class MagvitSlicer(_Slicer):
-    def check(self):
-        super().check()
-        b = self.vae.num_latent_frames_batch_size
-        s = self.memory.decode_slices
-        if s is not None and s != b:
-            raise ValueError(
-                f"MemoryPlan.decode_slices: AutoencoderKLMagvit decodes in its own batches of {b} latent frames "
-                f"(its GroupNorms normalise over a whole batch, so another split changes the output); "
-                f"use decode_slices={b} or decode_budget, got {s}"
-            )
-
+class MagvitSlicer(OwnBatchesSlicer):
     def _groups(self, t):
         b = self.vae.num_latent_frames_batch_size
         return [(0, 1)] + [(i, min(t, i + b)) for i in range(1, t, b)]
-
-    def slice_options(self, z, extra):
-        return [self.vae.num_latent_frames_batch_size]
-
-    def clamp(self, s, z, extra):
-        return self.vae.num_latent_frames_batch_size
 
     def frames_out(self, z, extra):
         # the first latent frame gives one frame, every later one temporal_compression_ratio frames
