@@ -37,7 +37,7 @@ from lightcache.memory.chunk import (
     remove_chunking,
 )
 
-from tiny_pipelines import FAMILIES, build, denoiser, output_of
+from tiny_pipelines import FAMILIES, build, denoiser, denoiser_calls, output_of
 
 DITS = ("wan", "wan_i2v", "hunyuan_video", "cogvideox", "ltx", "easyanimate")
 FP8, BF16 = torch.float8_e4m3fn, torch.bfloat16
@@ -63,24 +63,6 @@ def _sample(out):
     if isinstance(out, tuple):
         return out[0]
     return getattr(out, "sample", out)
-
-
-def _first_call(pipe, kwargs):
-    """The (args, kwargs) of the pipeline's first denoiser call."""
-    model = denoiser(pipe)
-    calls = []
-    original = model.forward
-
-    def capture(*a, **k):
-        calls.append((a, k))
-        return original(*a, **k)
-
-    model.forward = capture
-    try:
-        _run(pipe, dict(kwargs, num_inference_steps=1))
-    finally:
-        del model.forward
-    return calls[0]
 
 
 def _call(model, call):
@@ -400,7 +382,7 @@ def test_lora_chunked_matches_unchunked_lora(family, mode):
     ran the fused op on the DiTs' GELU-tanh FFNs before the adapter and never after it."""
     pipe, kwargs = _pipe_kwargs(family)
     model = denoiser(pipe)
-    call = _first_call(pipe, kwargs)
+    call = denoiser_calls(pipe, kwargs, 1)[0]
     hooks = _chunked(model, mode, family)
     chunked_base = _call(model, call)
     fused_before = sum(h.fused_calls for h in _named(model, CHUNK_HOOK))
@@ -427,7 +409,7 @@ def test_hooks_on_ffn_and_attention_projections(family):
     projections (which the DiT piece path calls per piece): chunked equals unchunked."""
     pipe, kwargs = _pipe_kwargs(family)
     model = denoiser(pipe)
-    call = _first_call(pipe, kwargs)
+    call = denoiser_calls(pipe, kwargs, 1)[0]
     for m in model.modules():
         if isinstance(m, FeedForward):
             m.net[-1].register_forward_hook(lambda mod, a, out: out * 1.25)
@@ -449,7 +431,7 @@ def test_adapter_switches_between_calls_take_effect(family, mode):
     fused op is back (DiTs)."""
     pipe, kwargs = _pipe_kwargs(family)
     model = denoiser(pipe)
-    call = _first_call(pipe, kwargs)
+    call = denoiser_calls(pipe, kwargs, 1)[0]
     base = _call(model, call)
     _add_lora(model, "a", seed=1)
     _add_lora(model, "b", seed=2)

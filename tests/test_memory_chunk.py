@@ -33,7 +33,7 @@ from lightcache.engine import BLOCK_HOOK, session_of
 from lightcache.hookset import HookSet
 from lightcache.memory.meter import StageTracker
 
-from tiny_pipelines import FAMILIES, build, denoiser, output_of
+from tiny_pipelines import FAMILIES, build, denoiser, denoiser_calls, output_of
 
 UNET_FAMILIES = ("svd", "animatediff", "text_to_video_sd")
 
@@ -46,24 +46,6 @@ def _sample(out):
     if isinstance(out, tuple):
         return out[0]
     return getattr(out, "sample", out)
-
-
-def _denoiser_calls(pipe, kwargs, n=2):
-    """The first ``n`` (args, kwargs) the pipeline passes to its denoiser."""
-    model = denoiser(pipe)
-    calls = []
-    original = model.forward
-
-    def capture(*a, **k):
-        calls.append((a, k))
-        return original(*a, **k)
-
-    model.forward = capture
-    try:
-        run(pipe, dict(kwargs, num_inference_steps=1))
-    finally:
-        del model.forward
-    return calls[:n]
 
 
 def _hooks(modules, name):
@@ -84,7 +66,7 @@ def test_chunked_denoiser_matches_unchunked(family):
         kwargs = dict(kwargs, output_type="latent")
     model = denoiser(pipe)
     blocks = adapter_for(model).blocks(model)
-    for args, kw in _denoiser_calls(pipe, kwargs):
+    for args, kw in denoiser_calls(pipe, kwargs):
         # the math backend, the one that holds the score matrix: fused ones run unsplit
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
             ref = _sample(model(*args, **kw))

@@ -688,6 +688,24 @@ def denoiser(pipe) -> torch.nn.Module:
     return model
 
 
+def denoiser_calls(pipe, kwargs, n: int = 2):
+    """The first ``n`` (args, kwargs) the pipeline passes to its denoiser in a one-step call."""
+    model = denoiser(pipe)
+    calls = []
+    original = model.forward
+
+    def capture(*a, **k):
+        calls.append((a, k))
+        return original(*a, **k)
+
+    model.forward = capture
+    try:
+        pipe(**dict(kwargs, num_inference_steps=1), generator=torch.Generator().manual_seed(0))
+    finally:
+        del model.forward
+    return calls[:n]
+
+
 def output_of(result) -> torch.Tensor:
     """The frames / video of a pipeline result (output object or tuple) as a torch tensor."""
     if hasattr(result, "frames"):
