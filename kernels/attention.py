@@ -17,6 +17,7 @@ which is the fastest choice. Small chunks only add launches.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Optional
@@ -25,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from lightcache.kernels._launch import on_device
 
 _LOG2E = 1.4426950408889634
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
@@ -175,16 +178,83 @@ def _inv_rms(t: Tensor, across_heads: bool, eps: float) -> Tensor:
     return out
 
 
-def _config(hd: int, dtype: torch.dtype, on_cuda: bool):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages). Hopper-sized tiles on CUDA; in the interpreter,
-    moderate tiles (fewer programs is what makes it fast)."""
-    if not on_cuda or _interpreted():
-        return 32, 32, 4, 1
-    if dtype == torch.float32:  # ieee fp32 dots run on FMA units; 8 warps keep D <= 64 spill-free on sm_90
-        return 64, 32, 8, 2
-    if hd == 128:
-        return 128, 64, 8, 3
-    return 128, 64, 4, 3
+# Shared memory of one program, as Triton lays this kernel out: each pipeline stage buffers one K
+# and one V tile (BLOCK_N x D; K as its even and odd halves) plus a barrier word, and the layout
+# conversions of the dot operands take the q tile (BLOCK_M x D) and, for fp32 (FMA dots: both
+# operands go through shared memory), the P tile (BLOCK_M x BLOCK_N) too, and a second q tile with
+# 3 or more stages. Checked against the compiler's own figure (``CompiledKernel.metadata.shared``
+# of triton 3.9 compiling ahead of time for sm_80 and sm_90, which needs no GPU) over BLOCK_M
+# 16-128, BLOCK_N 16-64, D 32/64/128, 1-3 stages, 4 and 8 warps, bf16 and fp32: never below it,
+# 15-22% above it for the 16-bit tiles chosen below.
+_SMEM_SLACK = 1024  # Triton's own scratch (barriers, reductions) beyond the tiles
+
+
+def smem_estimate(head_dim: int, dtype: torch.dtype, block_m: int, block_n: int, num_stages: int) -> int:
+    """Upper bound on the shared memory (bytes) one program of ``_attn_fwd_kernel`` needs."""
+    elem = dtype.itemsize
+    stages = max(1, num_stages)
+    per_stage = 2 * block_n * head_dim * elem + 256
+    q_tile = block_m * head_dim * elem
+    convert = q_tile
+    if dtype == torch.float32:
+        convert += block_m * block_n * elem + (q_tile if stages >= 3 else 0)
+    return stages * per_stage + convert + _SMEM_SLACK
+
+
+# Candidate tiles (BLOCK_M, BLOCK_N, num_warps, num_stages), best first; tile_config takes the first
+# whose smem_estimate fits the device's per-block limit. The first 16-bit entries are the Hopper
+# tiles (at D = 128, 115,200 bytes by the compiler: more than the 99 KB of sm_86/sm_89 parts, which
+# get the 2-stage tile, 82,176 bytes); the small ones fit 48 KB. fp32 dots run on FMA units with
+# their operands in registers: at D = 128 the 64 x 32 tile spills (952 bytes of spill stores with
+# ptxas for sm_90, as DESIGN.md section 8 saw with triton 3.6), 32 x 32 with 8 warps and one stage
+# does not (198 registers on sm_90, 224 on sm_80); at D <= 64, 64 x 32 with 8 warps is spill-free.
+# (Registers, spills and bytes: triton 3.9 compiling ahead of time, ptxas 13.4 -v, no GPU run.)
+_TILES_16BIT = {
+    128: ((128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2), (64, 32, 4, 1), (32, 32, 4, 1),
+          (16, 16, 4, 1)),
+    64: ((128, 64, 4, 3), (128, 64, 4, 2), (64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 1), (16, 16, 4, 1)),
+    32: ((128, 64, 4, 3), (128, 64, 4, 2), (64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 1), (16, 16, 4, 1)),
+}
+_TILES_FP32 = {
+    128: ((32, 32, 8, 1), (16, 16, 4, 1)),
+    64: ((64, 32, 8, 2), (64, 32, 8, 1), (32, 32, 4, 1), (16, 16, 4, 1)),
+    32: ((64, 32, 8, 2), (64, 32, 8, 1), (32, 32, 4, 1), (16, 16, 4, 1)),
+}
+INTERPRETER_TILE = (32, 32, 4, 1)  # moderate tiles: fewer programs is what makes the interpreter fast
+
+
+def tile_config(head_dim: int, dtype: torch.dtype, smem_bytes: int) -> tuple:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for ``head_dim`` and ``dtype`` on a device whose
+    programs may use ``smem_bytes`` of shared memory each: the first candidate whose estimate fits,
+    else the smallest (a pure function, unit-tested without a GPU)."""
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"head_dim must be one of {SUPPORTED_HEAD_DIMS}, got {head_dim}")
+    table = _TILES_FP32 if dtype == torch.float32 else _TILES_16BIT
+    candidates = table[head_dim]
+    for bm, bn, warps, stages in candidates:
+        if smem_estimate(head_dim, dtype, bm, bn, stages) <= smem_bytes:
+            return bm, bn, warps, stages
+    return candidates[-1]
+
+
+@functools.lru_cache(maxsize=None)
+def device_smem_bytes(index: int) -> int:
+    """Shared memory one program may use on CUDA device ``index`` (the opt-in per-block limit Triton
+    checks at launch; 48 KB when neither Triton nor torch says)."""
+    try:
+        from triton.runtime import driver
+
+        return int(driver.active.utils.get_device_properties(index)["max_shared_mem"])
+    except Exception:  # noqa: BLE001 - an older Triton without this driver API
+        props = torch.cuda.get_device_properties(index)
+        return int(getattr(props, "shared_memory_per_block_optin", 0) or 48 * 1024)
+
+
+def _config(hd: int, dtype: torch.dtype, t: Tensor):
+    if t.device.type != "cuda" or _interpreted():
+        return INTERPRETER_TILE
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    return tile_config(hd, dtype, device_smem_bytes(index))
 
 
 def chunked_attention(
@@ -215,6 +285,15 @@ def chunked_attention(
     if lq == 0 or n_batch == 0 or heads == 0:
         return out
 
+    with on_device(q):  # Triton launches on the current device, not q's
+        _launch(q, k, v, out, q_norm_weight, k_norm_weight, rope_cos, rope_sin, eps, chunk_size, scale)
+    return out
+
+
+def _launch(q, k, v, out, q_norm_weight, k_norm_weight, rope_cos, rope_sin, eps, chunk_size, scale):
+    n_batch, lq, heads, hd = q.shape
+    lk = k.shape[1]
+
     def _stats(t, w):
         if w is None:
             # dummies: never read (HAS_*N is False), any valid pointer will do
@@ -233,7 +312,7 @@ def chunked_attention(
     sc = tuple(rope_cos.stride()) if has_rope else (0, 0)
     ss = tuple(rope_sin.stride()) if has_rope else (0, 0)
 
-    block_m, block_n, warps, stages = _config(hd, q.dtype, q.is_cuda)
+    block_m, block_n, warps, stages = _config(hd, q.dtype, q)
     dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs
     step = triton.cdiv(max(chunk_size, 1), block_m) * block_m
     for q0 in range(0, lq, step):
@@ -249,4 +328,3 @@ def chunked_attention(
             HALF=hd // 2, BLOCK_M=block_m, BLOCK_N=block_n, DOT_PREC=dot_prec,
             num_warps=warps, num_stages=stages,
         )
-    return out

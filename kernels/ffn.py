@@ -16,16 +16,20 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from lightcache.kernels._launch import on_device
+
 
 @triton.jit
-def _bias_gelu_kernel(H, B1, n_rows, n_cols, sh, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _bias_gelu_kernel(
+    H, B1, n_rows, n_cols, sh, sb1, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
+):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
     ptrs = H + rows.to(tl.int64)[:, None] * sh + cols[None, :]
     x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        x += tl.load(B1 + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+        x += tl.load(B1 + cols * sb1, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
     # 0.5·x·(1 + tanh(z)) == x·sigmoid(2z); this form saturates cleanly at both ends.
     z = 0.7978845608028654 * (x + 0.044715 * x * x * x)
     y = x / (1.0 + tl.exp(-2.0 * z))
@@ -36,7 +40,7 @@ def _bias_gelu_kernel(H, B1, n_rows, n_cols, sh, HAS_BIAS: tl.constexpr, BLOCK_R
 def _epilogue_kernel(
     Y, B2, G, R,
     n_rows, n_cols, row0, L,
-    sy, sgb, sgl, sgc, srb, srl, src,
+    sy, sb2, sgb, sgl, sgc, srb, srl, src,
     HAS_B2: tl.constexpr, HAS_G: tl.constexpr, HAS_R: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -47,7 +51,7 @@ def _epilogue_kernel(
     ptrs = Y + rows.to(tl.int64)[:, None] * sy + cols[None, :]
     y = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
     if HAS_B2:
-        y += tl.load(B2 + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        y += tl.load(B2 + cols * sb2, mask=cmask, other=0.0).to(tl.float32)[None, :]
     # global token index -> (batch, position), so gate/residual are read through their own strides
     grow = (row0 + rows).to(tl.int64)
     bi = grow // L
@@ -112,25 +116,28 @@ def chunked_ffn(
     w1t, w2t = w1.t(), w2.t()
     br_h, bc_h = _blocks(hidden)
     br_o, bc_o = _blocks(n_out)
-    for xs, os_, row_base in segs:
-        for s in range(0, xs.shape[0], chunk):
-            e = min(s + chunk, xs.shape[0])
-            n = e - s
-            h = hbuf[:n]
-            torch.mm(xs[s:e], w1t, out=h)
-            _bias_gelu_kernel[(triton.cdiv(n, br_h), triton.cdiv(hidden, bc_h))](
-                h, b1 if b1 is not None else h, n, hidden, h.stride(0),
-                HAS_BIAS=b1 is not None, BLOCK_R=br_h, BLOCK_C=bc_h,
-            )
-            oc = os_[s:e]  # contiguous rows of the output
-            torch.mm(h, w2t, out=oc)
-            if b2 is None and gate is None and residual is None:
-                continue
-            _epilogue_kernel[(triton.cdiv(n, br_o), triton.cdiv(n_out, bc_o))](
-                oc, b2 if b2 is not None else oc, g3, r3,
-                n, n_out, row_base + s, length,
-                oc.stride(0), *sg, *sr,
-                HAS_B2=b2 is not None, HAS_G=gate is not None, HAS_R=residual is not None,
-                BLOCK_R=br_o, BLOCK_C=bc_o,
-            )
+    sb1 = b1.stride(0) if b1 is not None else 0  # biases are read through their stride (a view, an expand)
+    sb2 = b2.stride(0) if b2 is not None else 0
+    with on_device(x):  # torch.mm follows x's device by itself; Triton launches on the current one
+        for xs, os_, row_base in segs:
+            for s in range(0, xs.shape[0], chunk):
+                e = min(s + chunk, xs.shape[0])
+                n = e - s
+                h = hbuf[:n]
+                torch.mm(xs[s:e], w1t, out=h)
+                _bias_gelu_kernel[(triton.cdiv(n, br_h), triton.cdiv(hidden, bc_h))](
+                    h, b1 if b1 is not None else h, n, hidden, h.stride(0), sb1,
+                    HAS_BIAS=b1 is not None, BLOCK_R=br_h, BLOCK_C=bc_h,
+                )
+                oc = os_[s:e]  # contiguous rows of the output
+                torch.mm(h, w2t, out=oc)
+                if b2 is None and gate is None and residual is None:
+                    continue
+                _epilogue_kernel[(triton.cdiv(n, br_o), triton.cdiv(n_out, bc_o))](
+                    oc, b2 if b2 is not None else oc, g3, r3,
+                    n, n_out, row_base + s, length,
+                    oc.stride(0), sb2, *sg, *sr,
+                    HAS_B2=b2 is not None, HAS_G=gate is not None, HAS_R=residual is not None,
+                    BLOCK_R=br_o, BLOCK_C=bc_o,
+                )
     return out

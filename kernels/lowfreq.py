@@ -14,6 +14,8 @@ the full spectrum and a − b are never formed. Any H, W work: tiles are masked 
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import triton
 import triton.language as tl
@@ -57,8 +59,12 @@ def _lowfreq_kernel(
             cols = w0 + ww
             cm = cols < W
             m = rm[:, None] & cm[None, :]
-            ta = tl.load(a_base + rows[:, None] * sa_h + cols[None, :] * sa_w, mask=m, other=0.0).to(tl.float32)
-            tb = tl.load(b_base + rows[:, None] * sb_h + cols[None, :] * sb_w, mask=m, other=0.0).to(tl.float32)
+            # in-frame offsets in 64 bits: row * row stride passes 2**31 in frames (or frame views of
+            # wider tensors) spanning 2**31 elements
+            r64 = rows.to(tl.int64)[:, None]
+            c64 = cols.to(tl.int64)[None, :]
+            ta = tl.load(a_base + r64 * sa_h + c64 * sa_w, mask=m, other=0.0).to(tl.float32)
+            tb = tl.load(b_base + r64 * sb_h + c64 * sb_w, mask=m, other=0.0).to(tl.float32)
             d = ta - tb
             boffs = cols[:, None] * NV_P + v[None, :]
             cw = tl.load(cw_ptr + boffs, mask=cm[:, None], other=0.0)
@@ -86,7 +92,37 @@ def _finish_kernel(part_ptr, out_ptr, count, hw, BLOCK: tl.constexpr):
     tl.store(out_ptr, tl.sqrt(tl.sum(acc, axis=0) / hw.to(tl.float64)).to(tl.float32))
 
 
-_BASES: dict = {}
+# Device copies of the bases, least recently used first. Bounded in entries and bytes (the oldest
+# are dropped first; the one just built always stays), and freed by clear_basis_cache(): a process
+# that sees many frame sizes or devices does not keep them all.
+_BASES: "OrderedDict[tuple, tuple]" = OrderedDict()
+MAX_CACHED_BASES = 32
+MAX_CACHED_BYTES = 64 << 20
+
+
+def _nbytes(entry: tuple) -> int:
+    return sum(t.numel() * t.element_size() for t in entry)
+
+
+def basis_cache_bytes() -> int:
+    """Device bytes the cached bases hold now."""
+    return sum(_nbytes(e) for e in _BASES.values())
+
+
+def clear_basis_cache(device=None) -> None:
+    """Free the cached device bases: all of them, or those on ``device`` ("cuda" without an index:
+    every CUDA device)."""
+    if device is None:
+        _BASES.clear()
+        return
+    want = torch.device(device)
+
+    def matches(name: str) -> bool:
+        d = torch.device(name)
+        return d.type == want.type and (want.index is None or d.index == want.index)
+
+    for key in [k for k in _BASES if matches(k[3])]:
+        del _BASES[key]
 
 
 def _bases(h: int, w: int, radius_ratio: float, device: torch.device, block_u: int, block_v: int):
@@ -94,20 +130,24 @@ def _bases(h: int, w: int, radius_ratio: float, device: torch.device, block_u: i
     cw/sw (W, NV_P), weight (NU_P, NV_P)."""
     key = (h, w, radius_ratio, str(device), block_u, block_v)
     hit = _BASES.get(key)
-    if hit is None:
-        ch, sh, cw, sw, weight = lowfreq_basis(h, w, radius_ratio)
-        nu, nv = weight.shape
-        nu_p, nv_p = triton.cdiv(nu, block_u) * block_u, triton.cdiv(nv, block_v) * block_v
+    if hit is not None:
+        _BASES.move_to_end(key)
+        return hit
+    ch, sh, cw, sw, weight = lowfreq_basis(h, w, radius_ratio)
+    nu, nv = weight.shape
+    nu_p, nv_p = triton.cdiv(nu, block_u) * block_u, triton.cdiv(nv, block_v) * block_v
 
-        def pad(t, r, c):
-            out = torch.zeros(r, c, dtype=torch.float64)
-            out[: t.shape[0], : t.shape[1]] = t
-            return out.to(device=device, dtype=torch.float32)
+    def pad(t, r, c):
+        out = torch.zeros(r, c, dtype=torch.float64)
+        out[: t.shape[0], : t.shape[1]] = t
+        return out.to(device=device, dtype=torch.float32)
 
-        hit = (pad(ch.t(), nu_p, h), pad(sh.t(), nu_p, h), pad(cw, w, nv_p), pad(sw, w, nv_p), pad(weight, nu_p, nv_p))
-        if len(_BASES) > 64:
-            _BASES.clear()
-        _BASES[key] = hit
+    hit = (pad(ch.t(), nu_p, h), pad(sh.t(), nu_p, h), pad(cw, w, nv_p), pad(sw, w, nv_p), pad(weight, nu_p, nv_p))
+    _BASES[key] = hit
+    total = basis_cache_bytes()
+    while len(_BASES) > 1 and (len(_BASES) > MAX_CACHED_BASES or total > MAX_CACHED_BYTES):
+        _, old = _BASES.popitem(last=False)
+        total -= _nbytes(old)
     return hit
 
 

@@ -9,6 +9,7 @@ rounds the softmax weights P to the input dtype before P@V, as flash attention d
 """
 
 import math
+import os
 
 import pytest
 import torch
@@ -223,6 +224,140 @@ def test_triton_launcher_rejects_head_dim(d):
     with pytest.raises(ValueError, match="head_dim"):
         tri_attention(q, q, q, None, None, None, None, EPS, 4, None)
 
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck_cuda(dtype):
+    for case in (CASES[0], CASES[5]):
+        b, lq, h, d, norm, rope, chunk, lk, scale = case
+        q, k, v, qw, kw, cos, sin = make(b, lq, h, d, dtype, "cuda", norm, rope, lk)
+        torch.library.opcheck(OP, (q, k, v, qw, kw, cos, sin, EPS, chunk, scale))
+
+
+# ---------------------------------------------------------------------------------------------
+# tile sizes from the device's shared memory (pure function; no GPU needed)
+# ---------------------------------------------------------------------------------------------
+
+SMEM_LIMITS = {"164KB": 164 * 1024, "99KB": 99 * 1024, "48KB": 48 * 1024}
+
+
+@pytest.mark.parametrize("limit", list(SMEM_LIMITS), ids=list(SMEM_LIMITS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("hd", [32, 64, 128])
+def test_tile_config_fits_the_shared_memory(hd, dtype, limit):
+    from lightcache.kernels.attention import smem_estimate, tile_config
+
+    smem = SMEM_LIMITS[limit]
+    bm, bn, warps, stages = tile_config(hd, dtype, smem)
+    assert smem_estimate(hd, dtype, bm, bn, stages) <= smem
+    assert bm >= 16 and bn >= 16 and bm & (bm - 1) == 0 and bn & (bn - 1) == 0  # tl.dot: powers of two >= 16
+    assert warps in (4, 8) and stages >= 1
+    assert tile_config(hd, dtype, smem) == (bm, bn, warps, stages)  # a pure function of its arguments
+    if dtype == torch.float32 and hd == 128:
+        assert bm <= 32  # the 64-row fp32 tile spills registers at D = 128
+    # more shared memory never gives a smaller tile
+    bigger = tile_config(hd, dtype, 2 * smem)
+    assert bigger[0] * bigger[1] * bigger[3] >= bm * bn * stages
+
+
+def test_tile_config_choices():
+    from lightcache.kernels.attention import tile_config
+
+    bf16 = torch.bfloat16
+    assert tile_config(128, bf16, 164 * 1024) == (128, 64, 8, 3)  # Hopper / A100 class: 3 stages
+    assert tile_config(128, bf16, 227 * 1024) == (128, 64, 8, 3)  # H100/H200 opt-in limit
+    assert tile_config(128, bf16, 99 * 1024) == (128, 64, 8, 2)  # RTX 4090 / A6000 class: 2 stages
+    assert tile_config(128, torch.float16, 99 * 1024) == (128, 64, 8, 2)
+    assert tile_config(64, bf16, 164 * 1024) == (128, 64, 4, 3)
+    small = tile_config(128, bf16, 48 * 1024)
+    assert small[0] * small[1] < 128 * 64
+    assert tile_config(128, torch.float32, 164 * 1024) == (32, 32, 8, 1)
+    assert tile_config(64, torch.float32, 164 * 1024) == (64, 32, 8, 2)
+    assert tile_config(128, bf16, 1024) == (16, 16, 4, 1)  # nothing fits: the smallest tile
+    with pytest.raises(ValueError, match="head_dim"):
+        tile_config(96, bf16, 164 * 1024)
+
+
+def test_tile_config_used_by_the_launcher(monkeypatch):
+    # on CUDA the launcher takes the tile for the tensor's own device limit; under the interpreter
+    # a fixed moderate tile
+    from lightcache.kernels import attention as A
+
+    q = torch.empty(1, 4, 1, 128, dtype=torch.bfloat16)
+    assert A._config(128, torch.bfloat16, q) == A.INTERPRETER_TILE
+    if torch.cuda.is_available():
+        qc = q.cuda()
+        monkeypatch.setattr(A, "_interpreted", lambda: False)
+        limit = A.device_smem_bytes(qc.device.index)
+        assert A._config(128, torch.bfloat16, qc) == A.tile_config(128, torch.bfloat16, limit)
+
+
+# Compiles _attn_fwd_kernel ahead of time for a GPU target (no GPU needed) and prints the shared
+# memory Triton assigns it; "SKIP: ..." where this Triton lacks the ahead-of-time API.
+_AOT_SCRIPT = """
+import sys
+import torch
+try:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from lightcache.kernels.attention import _attn_fwd_kernel as fn
+except ImportError as exc:
+    print("SKIP: no ahead-of-time compile API:", exc); sys.exit(0)
+hd, dtype, bm, bn, warps, stages, cap = HD, getattr(torch, DTYPE), BM, BN, WARPS, STAGES, CAP
+ty = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}[dtype]
+consts = dict(HAS_QN=True, HAS_KN=True, HAS_ROPE=True, HALF=hd // 2, BLOCK_M=bm, BLOCK_N=bn,
+              DOT_PREC="ieee" if dtype == torch.float32 else "tf32")
+sig = {}
+for name in fn.arg_names:
+    if name in consts:
+        sig[name] = "constexpr"
+    elif name in ("Q", "K", "V", "O", "QW", "KW"):
+        sig[name] = ty
+    elif name in ("QINV", "KINV", "COS", "SIN"):
+        sig[name] = "*fp32"
+    else:
+        sig[name] = "fp32" if name == "qk_scale" else "i32"
+try:
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+    kernel = triton.compile(src, target=GPUTarget("cuda", cap, 32), options=dict(num_warps=warps, num_stages=stages))
+except (TypeError, AttributeError, ImportError) as exc:
+    print("SKIP: ahead-of-time compile unavailable:", type(exc).__name__, exc); sys.exit(0)
+print("SHARED", kernel.metadata.shared)
+"""
+
+
+def _aot_shared_bytes(hd, dtype, tile, capability):
+    """Shared memory Triton itself assigns the kernel for ``tile`` on ``capability``. Under the
+    interpreter (CPU tests) ``@triton.jit`` is replaced, so it compiles in a subprocess without it."""
+    import subprocess
+    import sys
+
+    bm, bn, warps, stages = tile
+    code = _AOT_SCRIPT
+    for key, value in dict(HD=hd, DTYPE=repr(str(dtype).split(".")[1]), BM=bm, BN=bn, WARPS=warps, STAGES=stages,
+                           CAP=capability).items():
+        code = code.replace(key, str(value))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    out = run.stdout.strip().splitlines()
+    if run.returncode != 0 or not out:
+        raise AssertionError(f"ahead-of-time compile failed (rc {run.returncode}): {run.stderr[-2000:]}")
+    if out[-1].startswith("SKIP"):
+        pytest.skip(out[-1])
+    return int(out[-1].split()[1])
+
+
+def test_triton_tile_for_99kb_parts_fits_by_the_compilers_count():
+    # The RTX 4090 / A6000 class (sm_86/sm_89) allows 99 KB per block: the bf16 D = 128 tile chosen
+    # for it must fit by Triton's own count (compiled ahead of time for sm_86; no GPU needed), which
+    # the Hopper tile (115,200 bytes with triton 3.9) does not.
+    pytest.importorskip("triton")
+    from lightcache.kernels.attention import smem_estimate, tile_config
+
+    tile = tile_config(128, torch.bfloat16, 99 * 1024)
+    shared = _aot_shared_bytes(128, torch.bfloat16, tile, 86)
+    assert shared <= 99 * 1024 and shared <= smem_estimate(128, torch.bfloat16, tile[0], tile[1], tile[3])
 
 # ---------------------------------------------------------------------------------------------
 # memory: no (L, L) scores, no full-length normalised/rotated q or k

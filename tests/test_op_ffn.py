@@ -138,6 +138,34 @@ def test_triton_launcher_per_batch_segments():
 # ---------------------------------------------------------------------------------------------
 
 
+
+def test_triton_launcher_strided_biases():
+    # b1 a strided view (every other element of a wider vector), b2 a stride-0 expansion of one
+    # value: the kernels read biases through their strides, not as if contiguous.
+    from lightcache.kernels.ffn import chunked_ffn as tri_chunked_ffn
+
+    dev = TRITON_DEVICE
+    x, w1, _, w2, _, gate, r = make((2, 21, D), (2, 1, OUT), True, False, torch.float32, dev)
+    b1 = torch.randn(2 * HID, device=dev)[::2]
+    b2 = torch.randn(1, device=dev).expand(OUT)
+    assert b1.stride() == (2,) and b2.stride() == (0,)
+    got = tri_chunked_ffn(x, w1, b1, w2, b2, 8, gate, r)
+    torch.testing.assert_close(got, eager_ffn(x, w1, b1, w2, b2, gate, r), atol=2e-5, rtol=2e-5)
+    # and through the op (CPU reference here, the Triton kernel on CUDA)
+    torch.testing.assert_close(OP(x, w1, b1, w2, b2, 8, gate, r), eager_ffn(x, w1, b1, w2, b2, gate, r),
+                               atol=2e-5, rtol=2e-5)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck_cuda(dtype):
+    for args in (
+        make((2, 9, D), (2, 1, OUT), True, True, dtype, "cuda"),
+        make((7, D), None, False, False, dtype, "cuda"),
+    ):
+        x, w1, b1, w2, b2, gate, r = args
+        torch.library.opcheck(OP, (x, w1, b1, w2, b2, 4, gate, r))
+
 def test_memory_bounded_by_chunk_cpu():
     b, length, d, hid, chunk = 2, 512, 64, 256, 32
     x, w1, b1, w2, b2, gate, r = make((b, length, d), (b, 1, d), True, True, torch.float32, "cpu", d, hid, d)

@@ -94,3 +94,23 @@ def test_bad_inputs():
             op.lerp(a, a, bad)
     with pytest.raises(ValueError, match="end is on meta"):
         op.lerp(a, a.to("meta"), 0.5)
+
+
+@requires_cuda
+def test_opcheck_cuda():
+    s, e = torch.randn(3, 7, device="cuda"), torch.randn(3, 7, device="cuda")
+    torch.library.opcheck(torch.ops.lightcache.lerp.default, (s, e, 1.5))
+    torch.library.opcheck(torch.ops.lightcache.lerp.default, (s.bfloat16(), e.bfloat16(), 0.25))
+
+
+@requires_cuda
+def test_cuda_large_tensor_past_2_31_elements():
+    # 64-bit offsets: elements past 2**31 are written (and written right)
+    n = 2**31 + 4097
+    start = torch.zeros(n, dtype=torch.float16, device="cuda")
+    end = torch.zeros(n, dtype=torch.float16, device="cuda")
+    end[-4097:] = 4.0
+    out = torch.ops.lightcache.lerp(start, end, 0.25)
+    assert out.shape == (n,)
+    assert torch.equal(out[-4097:], torch.ones(4097, dtype=torch.float16, device="cuda"))
+    assert torch.equal(out[:4096], torch.zeros(4096, dtype=torch.float16, device="cuda"))

@@ -128,6 +128,63 @@ def test_triton_lowfreq_strided_and_empty():
     assert torch.equal(lowfreq_energy(a, b), lowfreq_energy(a, b))  # deterministic
 
 
+
+@requires_triton
+def test_triton_lowfreq_large_row_stride():
+    # Frames whose rows lie 2**30 elements apart (a frame view of a much wider tensor): row 2 starts
+    # past 2**31, where 32-bit in-frame offsets wrapped around into a wild read. The 4 GiB buffer
+    # is reserved, not touched: on CPU only the pages of the six rows written here are committed.
+    from lightcache.kernels.lowfreq import lowfreq_energy
+
+    h, w, stride = 3, 16, 2**30
+    n = (h - 1) * stride + 2 * w
+    try:
+        buf = torch.empty(n, dtype=torch.float16, device=TRITON_DEVICE)
+    except (RuntimeError, MemoryError) as exc:  # a machine that refuses to reserve 4 GiB
+        pytest.skip(f"cannot reserve a {n}-element buffer: {exc}")
+    a = buf.as_strided((1, h, w), (n, stride, 1))
+    b = buf.as_strided((1, h, w), (n, stride, 1), w)
+    g = torch.Generator().manual_seed(3)
+    for t in (a, b):
+        t.copy_(torch.randn(1, h, w, generator=g).half())
+    assert_energy(lowfreq_energy(a, b, 0.5), a.contiguous(), b.contiguous(), 0.5)
+
+
+@requires_triton
+def test_triton_lowfreq_basis_cache_is_bounded_and_freed(monkeypatch):
+    from lightcache.kernels import lowfreq as lf
+
+    lf.clear_basis_cache()
+    assert lf.basis_cache_bytes() == 0
+    monkeypatch.setattr(lf, "MAX_CACHED_BASES", 3)
+    sizes = [(8, 8), (8, 12), (12, 8), (16, 16), (9, 10)]
+    for h, w in sizes:
+        a, b = pair((1, h, w), device=TRITON_DEVICE)
+        assert_energy(lf.lowfreq_energy(a, b, 0.3), a, b, 0.3)
+    assert len(lf._BASES) == 3  # the three most recently used sizes
+    assert [k[:2] for k in lf._BASES] == sizes[-3:]
+    assert lf.basis_cache_bytes() > 0
+    # a byte bound keeps only what fits, but never drops the bases just built
+    monkeypatch.setattr(lf, "MAX_CACHED_BYTES", 1)
+    a, b = pair((1, 20, 20), device=TRITON_DEVICE)
+    assert_energy(lf.lowfreq_energy(a, b, 0.3), a, b, 0.3)
+    assert [k[:2] for k in lf._BASES] == [(20, 20)]
+    # freed per device type / index, or all at once
+    lf.clear_basis_cache("meta")
+    assert len(lf._BASES) == 1
+    lf.clear_basis_cache(TRITON_DEVICE)
+    assert len(lf._BASES) == 0 and lf.basis_cache_bytes() == 0
+    lf.lowfreq_energy(a, b, 0.3)
+    lf.clear_basis_cache()
+    assert lf.basis_cache_bytes() == 0
+
+
+@requires_cuda
+def test_opcheck_cuda():
+    a, b = pair((2, 9, 10), device="cuda")
+    torch.library.opcheck(torch.ops.lightcache.lowfreq_energy.default, (a, b, 0.3))
+    torch.library.opcheck(torch.ops.lightcache.lowfreq_energy.default, (a.bfloat16(), b.bfloat16()))
+
 def test_bad_inputs():
     a = torch.randn(2, 8, 8)
     op = torch.ops.lightcache

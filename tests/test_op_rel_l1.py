@@ -96,3 +96,23 @@ def test_bad_inputs():
         op.rel_l1(a, torch.randn(3, 5))
     with pytest.raises(ValueError, match="b is on meta"):
         op.rel_l1(a, a.to("meta"))
+
+
+@requires_cuda
+def test_opcheck_cuda():
+    a = torch.randn(3, 7, device="cuda")
+    torch.library.opcheck(torch.ops.lightcache.rel_l1.default, (a, torch.randn(3, 7, device="cuda")))
+    torch.library.opcheck(torch.ops.lightcache.rel_l1.default, (a.bfloat16(), torch.randn(3, 7, device="cuda").bfloat16()))
+
+
+@requires_cuda
+def test_cuda_large_tensor_past_2_31_elements():
+    # 64-bit offsets: 2**31 + 4097 fp16 elements (4 GiB each); the tail beyond 2**31 must count
+    n = 2**31 + 4097
+    a = torch.zeros(n, dtype=torch.float16, device="cuda")
+    b = torch.zeros(n, dtype=torch.float16, device="cuda")
+    a[-4097:] = 2.0  # only elements past 2**31 differ
+    b[-4097:] = 1.0
+    out = torch.ops.lightcache.rel_l1(a, b).cpu().double()
+    want = torch.tensor([4097 / n, 4097 / n], dtype=torch.float64)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=0)

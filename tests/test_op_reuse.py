@@ -245,3 +245,31 @@ def test_bad_inputs():
         op.quantize_fp8(torch.tensor(1.0))
     with pytest.raises(TypeError, match="x must have dtype"):
         op.quantize_fp8(x.to(torch.float64))
+
+
+@requires_cuda
+def test_opcheck_cuda():
+    x = torch.randn(4, 33, device="cuda")
+    torch.library.opcheck(torch.ops.lightcache.reuse.default, (x, torch.randn(4, 33, device="cuda").bfloat16(), None))
+    torch.library.opcheck(torch.ops.lightcache.quantize_fp8.default, (x.bfloat16(),))
+    q, s = torch.ops.lightcache.quantize_fp8(x)
+    utils = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")  # no fp8 allclose
+    torch.library.opcheck(torch.ops.lightcache.reuse.default, (x, q, s), test_utils=utils)
+
+
+@requires_cuda
+def test_cuda_large_tensor_past_2_31_elements():
+    # 64-bit offsets, plain and fp8 paths: rows of 1024 channels, 2**21 + 5 rows (> 2**31 elements)
+    rows, cols = 2**21 + 5, 1024
+    x = torch.zeros(rows, cols, dtype=torch.float16, device="cuda")
+    d = torch.zeros(rows, cols, dtype=torch.float16, device="cuda")
+    d[-5:] = 3.0
+    out = torch.ops.lightcache.reuse(x, d)
+    assert torch.equal(out[-5:], torch.full((5, cols), 3.0, dtype=torch.float16, device="cuda"))
+    assert torch.equal(out[:5], torch.zeros(5, cols, dtype=torch.float16, device="cuda"))
+    del out
+    q, s = torch.ops.lightcache.quantize_fp8(d)
+    torch.testing.assert_close(s[-5:].cpu(), torch.full((5,), 3.0 / 448.0), rtol=1e-6, atol=0)
+    out = torch.ops.lightcache.reuse(x, q, s)
+    torch.testing.assert_close(out[-5:].float(), torch.full((5, cols), 3.0, device="cuda"), rtol=2**-3, atol=0)
+    assert torch.equal(out[:5], torch.zeros(5, cols, dtype=torch.float16, device="cuda"))
