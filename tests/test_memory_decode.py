@@ -415,12 +415,21 @@ def test_decode_to_host_on_cuda_lowers_the_device_peak():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_unsupported_vae_is_refused_and_nothing_changes():
-    pipe, kwargs = build("easyanimate")
-    with pytest.raises(ValueError, match="MemoryPlan.decode_slices.*AutoencoderKLWan.*AutoencoderKLMagvit"):
+class _UnknownVAE(torch.nn.Module):
+    """A VAE class no family registers a slicer for."""
+
+    def decode(self, z, return_dict=True):
+        return z
+
+
+def test_unsupported_vae_is_refused_and_nothing_changes(monkeypatch):
+    pipe, kwargs = build("wan")
+    vae = _UnknownVAE()
+    monkeypatch.setitem(pipe.__dict__, "vae", vae)
+    with pytest.raises(ValueError, match="MemoryPlan.decode_slices.*AutoencoderKLWan.*the pipeline's VAE is _UnknownVAE"):
         lightcache.enable(pipe, memory=MemoryPlan(decode_slices=2))
     assert not hasattr(pipe.transformer, "_lightcache_session")
-    assert "step" not in vars(pipe.scheduler) and "decode" not in vars(pipe.vae)
+    assert "step" not in vars(pipe.scheduler) and "decode" not in vars(vae)
 
 
 def test_overlap_only_where_it_means_something():

@@ -20,7 +20,6 @@ from tiny_pipelines import FAMILIES, build, denoiser
 
 DIT_FAMILIES = ("wan", "wan_i2v", "hunyuan_video", "cogvideox", "ltx", "easyanimate")
 REGISTRY_NAME = {"wan_i2v": "wan"}  # tiny pipeline -> registry family
-NO_SLICER = ("easyanimate",)  # AutoencoderKLMagvit
 
 
 @pytest.fixture
@@ -41,11 +40,8 @@ def test_every_tiny_pipeline_finds_its_entry(family):
     if family in DIT_FAMILIES:  # every DiT block has a chunking spec of its own family
         specs = [models.chunking_for(b) for b in blocks]
         assert all(s is not None and s is entry.chunking[type(b).__name__] for s, b in zip(specs, blocks))
-    slicer = models.slicer_for(pipe.vae)
-    if family in NO_SLICER:
-        assert slicer is None
-    else:
-        assert slicer is not None and slicer in {s for f in models.families() for s in f.slicers.values()}
+    slicer = models.slicer_for(pipe.vae)  # every family's VAE has its sliced decode
+    assert slicer is not None and slicer in {s for f in models.families() for s in f.slicers.values()}
 
 
 def test_subclasses_are_covered_by_their_bases_entry():
