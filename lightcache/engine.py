@@ -221,10 +221,7 @@ class Session:
         self.in_trial = False
         if store is not None:
             if not self.recorder.closed:
-                self.recorder.set_cache_bytes(
-                    {"device": store.device_peak, "host": store.host_peak,
-                     "largest_feature": getattr(store, "max_feature_bytes", 0)}
-                )
+                self.recorder.set_cache_bytes(store.cache_bytes())
             if keep_rings:
                 store.clear(keep_rings=True)
                 self._kept_store = store

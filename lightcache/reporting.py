@@ -39,7 +39,9 @@ class Report:
     decisions: one :class:`Decision` per denoiser call, in order.
     peak_bytes: stage -> peak bytes (CUDA allocator with ``MemoryPlan(cuda_peaks=True)``, CPU
         tracker with ``MemoryPlan(cpu_tracker=True)``; None when not metered).
-    cache_bytes: "device" / "host" high-water marks of the cached features, "largest_feature".
+    cache_bytes: "device" / "host" high-water marks of the cached features, "largest_feature";
+        with swapping also "min_device_budget", the smallest MemoryPlan.device_cache_budget the
+        call could have run under.
     seconds: stage -> seconds.
     timeline: one mapping per stage invocation (stage, start_s/end_s, peak_bytes, end_bytes,
         cache_device_bytes, cache_host_bytes).
@@ -158,8 +160,7 @@ class Recorder:
         )
         cache = dict(self.cache_bytes)
         if store is not None and not self.closed:
-            cache = {"device": store.device_peak, "host": store.host_peak,
-                     "largest_feature": getattr(store, "max_feature_bytes", 0)}
+            cache = store.cache_bytes()
         report = Report(
             num_blocks=self.num_blocks,
             decisions=decisions,

@@ -135,6 +135,7 @@ def test_pipeline_fp8_device_cache_stays_within_budget(wan, monkeypatch, make_po
     pipe, kwargs = wan
     ref, ref_rep, need = _min_budget(monkeypatch, pipe, kwargs, make_policy())
     assert ref_rep.reuse_ratio > 0
+    assert ref_rep.cache_bytes["min_device_budget"] == need  # what the report tells the user to ask for
     largest = ref_rep.cache_bytes["largest_feature"]
     assert need > largest  # the scales of the live features come on top of one fetch
     for budget in (need, need + largest // 2, need + largest, need + 3 * largest):

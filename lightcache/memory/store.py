@@ -82,6 +82,10 @@ class FeatureStore(abc.ABC):
     def _feature_stored(self, nbytes: int) -> None:
         self.max_feature_bytes = max(self.max_feature_bytes, nbytes)
 
+    def cache_bytes(self) -> dict:
+        """The high-water marks a report shows: "device", "host", "largest_feature"."""
+        return {"device": self.device_peak, "host": self.host_peak, "largest_feature": self.max_feature_bytes}
+
     def reset_peaks(self) -> None:
         """Restart the high-water marks from what is held now (a store reused for another call)."""
         self.device_peak = self.device_bytes

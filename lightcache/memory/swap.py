@@ -108,6 +108,10 @@ class SwapStore(FeatureStore):
             self._prefetched_bytes -= n
             self._device_sub(n)
 
+    def cache_bytes(self) -> dict:
+        # the smallest device_cache_budget this run could have had: what a refused budget asks for
+        return dict(super().cache_bytes(), min_device_budget=self.min_device_budget)
+
     def reset_peaks(self) -> None:
         super().reset_peaks()
         self.min_device_budget = self._scale_bytes + self._largest_live()
@@ -140,7 +144,8 @@ class SwapStore(FeatureStore):
             why = (
                 f"{scales} bytes of per-token fp8 scales of the {live} live cached features (they stay on the "
                 f"device) + {largest} bytes to fetch the largest one for reuse; features cached later add their "
-                "scales: the smallest budget for a whole run is SwapStore.min_device_budget of a run without one"
+                "scales: the smallest budget for the whole run is report(pipe).cache_bytes['min_device_budget'] "
+                "after a call without one"
             )
         else:
             why = f"the largest live cached feature ({largest} bytes) must fit on the device to be reused"
