@@ -672,3 +672,44 @@ def test_lora_and_layerwise_casting_together(family):
         lightcache.disable(pipe)
     assert sum(h.split_calls for h in ffn) > 0 and sum(h.fused_calls for h in ffn) == 0
     assert _close(out, ref, 1e-2)
+
+
+class _CountingHook(ModelHook):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def new_forward(self, module, *args, **kwargs):
+        self.calls += 1
+        return self.fn_ref.original_forward(*args, **kwargs)
+
+
+def test_dit_piece_path_sees_layers_injected_after_enable():
+    """A layer replaced inside a DiT block after enable() (as loading an adapter does), with a
+    diffusers hook of its own: the block then runs whole (its hook sees one call per block call,
+    not one per piece), and the output equals the same model without lightcache."""
+    pipe, kwargs = build("wan")
+    model = denoiser(pipe)
+    args, kw = denoiser_calls(pipe, kwargs, 1)[0]
+    blocks = adapter_for(model).blocks(model)
+    with torch.no_grad():
+        lightcache.enable(model, memory=MemoryPlan(chunk_size=2))  # several pieces
+        try:
+            old = blocks[0].attn1.to_out[0]
+            new = torch.nn.Linear(old.in_features, old.out_features)
+            new.load_state_dict(old.state_dict())
+            hook = _CountingHook()
+            HookRegistry.check_if_exists_or_initialize(new).register_hook(hook, "user.count")
+            blocks[0].attn1.to_out[0] = new  # injected after enable()
+            out = _sample(model(*args, **kw))
+            calls_chunked = hook.calls
+        finally:
+            lightcache.disable(model)
+            blocks[0].attn1.to_out[0] = old
+        with torch.no_grad():
+            blocks[0].attn1.to_out[0] = new
+            hook.calls = 0
+            ref = _sample(model(*args, **kw))
+            blocks[0].attn1.to_out[0] = old
+    assert hook.calls == 1 and calls_chunked == 1
+    assert (out - ref).abs().max().item() <= 1e-5

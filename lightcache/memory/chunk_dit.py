@@ -362,7 +362,6 @@ class DitChunkHook(chunk_hook_base()):
     def initialize_hook(self, module):
         self._sig = inspect.signature(type(module).forward)
         self.width = _widest_row(module)
-        self._inner = [m for m in module.modules() if m is not module]  # checked for hooks at each call
         self._unsplit = None  # (inputs key) of the last whole call whose attention needed no split
         return module
 
@@ -382,7 +381,11 @@ class DitChunkHook(chunk_hook_base()):
             proc = getattr(module, name).processor
             if type(proc) is not cls or getattr(proc, "_parallel_config", None) is not None:
                 return False
-        for m in self._inner:  # stateful hooks inside would see one call per piece
+        # stateful hooks inside would see one call per piece; walked at each call, so layers
+        # injected after enable() (PEFT adapters and their hooks) are seen too
+        for m in module.modules():
+            if m is module:
+                continue
             reg = m.__dict__.get("_diffusers_hook")
             if reg is not None and set(reg.hooks) - self.own_hooks:
                 return False
