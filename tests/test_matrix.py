@@ -59,16 +59,22 @@ def policies_for(family):
     return UNET_POLICIES if family in UNETS else DIT_POLICIES
 
 
+# rows per chunk: the tiny DiTs have 12-24 tokens a call (2 splits them into >= 4 sequence pieces);
+# the tiny UNets' top level 8 frames x 64 pixels (128: 2 frames or 16 pixels a piece)
+CHUNK = {"svd": 128, "animatediff": 128, "text_to_video_sd": 128}
+
+
 def plan(name: str, family: str):
     slices = DECODE_SLICES.get(family, 1)
+    chunk = CHUNK.get(family, 2)
     return {
         "none": None,
         "swap": MemoryPlan(swap="on"),
         "swap-bf16": MemoryPlan(swap="on", cache_dtype="bf16"),
         "swap-fp8": MemoryPlan(swap="on", cache_dtype="fp8"),
-        "chunk": MemoryPlan(chunk_size=16),
+        "chunk": MemoryPlan(chunk_size=chunk),
         "decode": MemoryPlan(decode_slices=slices),
-        "all": MemoryPlan(swap="on", cache_dtype="bf16", chunk_size=16, decode_slices=slices),
+        "all": MemoryPlan(swap="on", cache_dtype="bf16", chunk_size=chunk, decode_slices=slices),
     }[name]
 
 
@@ -167,6 +173,13 @@ def assert_nothing_survives_the_call(pipe):
     assert list(_get_current_dispatch_mode_stack()) == []
 
 
+def chunk_splits(pipe) -> int:
+    """How many calls of lightcache's chunk hooks ran in more than one piece."""
+    session = session_of(denoiser(pipe))
+    hooks = [h for m in session.hooks for n, h in m._diffusers_hook.hooks.items() if n.startswith("lightcache.chunk")]
+    return sum(getattr(h, "split_calls", 0) for h in hooks)
+
+
 class LeafCounter:
     """Counts executions of each block by a leaf layer that sees the block's tokens (a DiT block's
     first attention query projection; a UNet block's first convolution), at the block's full input
@@ -209,6 +222,8 @@ def run_enabled(family, policy, memory, variant="default", count=False):
         out = run(pipe, variant_kwargs(family, kwargs, variant))
         rep = lightcache.report(pipe)
         assert_nothing_survives_the_call(pipe)
+        if memory is not None and memory.chunk_size is not None:
+            assert chunk_splits(pipe) > 0, "the chunk plan split nothing: the cell would test nothing"
     finally:
         if counter is not None:
             counter.remove()
