@@ -230,15 +230,15 @@ def _ours(policy_fn, memory_fn=None):
 def _mem_plan(pipe):
     from lightcache import MemoryPlan
 
-    # Feature chunk from a byte budget for the widest chunked intermediate, not a fixed 256 rows
-    # (which cut a Wan2.1-1.3B block at 480p into ~55 pieces): on CUDA 1/32 of the device's memory;
-    # on CPU 1.25 MiB, 256 tokens of a Wan-proxy block's widest row (5120 bytes): the proxies' chunk as before.
+    # On CUDA, feature chunk from a byte budget for the widest chunked intermediate (1/32 of the
+    # device's memory), not a fixed 256 rows (which cut a Wan2.1-1.3B block at 480p into ~55 pieces).
+    # On CPU, the proxies' 256 rows: what puts the Wan proxy's flash+swap denoise peak below the
+    # uncached one (1.84 vs 2.12 MiB; the budget's "auto" rows do not split the proxy's 576 tokens).
     device = next(_denoiser(pipe).parameters()).device
     if device.type == "cuda":
         budget = torch.cuda.get_device_properties(device).total_memory // 32
-    else:
-        budget = 256 * 5120
-    return MemoryPlan(swap="on", chunk_size="auto", chunk_budget=budget)
+        return MemoryPlan(swap="on", chunk_size="auto", chunk_budget=budget)
+    return MemoryPlan(swap="on", chunk_size=256)
 
 
 def _warmup(steps):
