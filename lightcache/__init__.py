@@ -19,6 +19,7 @@ _LAZY = {
     "PreciseCache": "lightcache.policies",
     "DeepCache": "lightcache.policies",
     "MemoryPlan": "lightcache.memory",
+    "plan": "lightcache.simulate",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -1,5 +1,7 @@
 """The ``lightcache`` command. Subcommands: ``info`` (what is available), ``bench`` (speed, memory
-and fidelity of caching methods side by side; ``lightcache bench --help``)."""
+and fidelity of caching methods side by side; ``lightcache bench --help``), ``plan`` (per-stage
+device memory at real model sizes, simulated without a GPU, and the memory plan that fits a cap;
+``lightcache plan --help``)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,69 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    import json
+    import warnings
+
+    from lightcache.simulate import plan
+
+    warnings.filterwarnings("ignore", module="lightcache")  # InexactDecodeWarning of budget-chosen tiles: in the table
+    try:
+        result = plan(args.model, height=args.height, width=args.width, frames=args.frames, steps=args.steps,
+                      dtype=args.dtype, policy=args.policy, memory=args.memory, fit=args.fit, attention=args.attention,
+                      offload=args.offload, scale=args.scale, guidance=args.guidance, peers=args.peers)
+    except ValueError as e:
+        print(f"lightcache plan: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        d = result.as_dict()
+        d["command"] = "lightcache " + " ".join(args.argv)
+        text = json.dumps(d, indent=1, default=str)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as fh:
+                fh.write(text + "\n")
+    if args.json != "-":
+        print(result.table())
+    if args.png:
+        result.plot(args.png)
+    return 0
+
+
+def _add_plan(sub) -> None:
+    from lightcache.bench_models import REALISTIC
+
+    p = sub.add_parser(
+        "plan", help="per-stage device memory at real model sizes (simulated on the meta device) and the plan that fits",
+        description="Simulate a pipeline call on the meta device (the real diffusers code, no GPU, no weights) and print "
+                    "per-stage device memory (weights, inputs, activations, cache, peak) for the uncached pipeline, the "
+                    "policy at its worst-case residency, and the policy with the memory plan.")
+    p.add_argument("--model", required=True, help=f"a realistic configuration ({', '.join(sorted(REALISTIC))}) or a local "
+                   "diffusers pipeline folder (its config files are read, never its weights)")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--frames", type=int, default=None)
+    p.add_argument("--steps", type=int, default=50, help="denoising steps of the run (3 are simulated: later steps repeat "
+                   "them)")
+    p.add_argument("--dtype", default="bf16", help="bf16 (default), fp16 or fp32")
+    p.add_argument("--policy", default=None, help="none, easycache, precise-base, precise-turbo, precise-flash (DiT "
+                   "default), deepcache (UNet default)")
+    p.add_argument("--memory", default=None, help="MemoryPlan fields, e.g. swap=on,chunk_size=4096,decode_slices=1")
+    p.add_argument("--fit", default=None, help="device memory cap to fit, e.g. 24GB, '24 GiB' or bytes")
+    p.add_argument("--attention", default="auto", help="SDPA backend: auto (what CUDA picks on sm90), cudnn, flash, "
+                   "efficient, math")
+    p.add_argument("--offload", default="none", help="none, model (diffusers model CPU offload), group (block-level group "
+                   "offload of the denoiser)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (CFG on above 1; default: the config's)")
+    p.add_argument("--peers", action="store_true", help="add diffusers' FirstBlockCache, MagCache and TaylorSeer "
+                   "(their caches computed from the simulated shapes)")
+    p.add_argument("--scale", default="full", help="full (default) or tiny (the CPU smoke sizes)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON (- for stdout)")
+    p.add_argument("--png", default=None, metavar="PATH", help="write a stacked-bar chart of the stages")
+    p.set_defaults(func=_cmd_plan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightcache", description="lightcache command line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -30,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench = sub.add_parser("bench", help="benchmark caching methods (see lightcache bench --help)", add_help=False)
     p_bench.add_argument("rest", nargs=argparse.REMAINDER)
     p_bench.set_defaults(func=_cmd_bench)
+    _add_plan(sub)
     return parser
 
 
@@ -42,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

@@ -1,0 +1,217 @@
+"""Device bytes of a whole pipeline call, phase by phase: :class:`DeviceBytes`.
+
+The same counting as the CPU tracker (:class:`lightcache._live_bytes.LiveBytes`: every fresh,
+non-aliasing output storage of an aten op is counted from its creation until its storage is freed)
+applied to the whole call instead of the stage windows, and only to the storages on the simulated
+device (``"meta"`` in a simulation, ``"cpu"`` when a CPU run is measured for comparison). So it
+also sees what the stage windows do not: the latents the pipeline allocates, the scheduler's
+outputs, the guidance combination, post-processing.
+
+Phases: each op is attributed to the stage the pipeline is in (the stage of lightcache's session:
+``encode`` until the scheduler's ``set_timesteps``, ``denoise`` until the VAE decode starts,
+``decode`` after it). Host memory: with ``decode_to_host`` the sliced decode writes the video to
+host memory; a simulation allocates it on the meta device inside :func:`host_allocation`, which
+marks the storage as host, and every op whose tensor inputs are all host storages (the pipeline's
+post-processing of that video) makes host storages too. ``peak_all`` counts device and host
+together (what a CPU run, where both are one memory, measures).
+
+Speed (``memo=True``, simulations only): torch computes most meta kernels in Python (its
+reference decompositions), about a millisecond an op, and a 40-block denoiser repeats the same
+ops with the same shapes block after block and call after call. An op whose outputs are all fresh
+storages is a function of its arguments' metadata (shapes, strides, dtypes, offsets; on meta there
+are no values), so the outputs' metadata is remembered per (op, arguments' metadata) and later
+calls get ``empty_strided`` tensors of exactly that metadata. Ops whose outputs alias an input or
+each other, or are not tensors, always run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+PHASES = ("encode", "denoise", "decode")
+
+_host = threading.local()
+
+
+@contextlib.contextmanager
+def host_allocation():
+    """Storages created inside this block are host memory (see the module doc)."""
+    _host.depth = getattr(_host, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _host.depth -= 1
+
+
+class DeviceBytes(TorchDispatchMode):
+    """Live bytes on ``device_type`` over a pipeline call, with per-phase peaks.
+
+    ``phase()`` (a callable) names the current phase; ``cache_bytes()`` the device bytes the
+    caching store holds now (sampled at each new phase peak)."""
+
+    def __init__(self, device_type: str, phase=lambda: "encode", cache_bytes=lambda: 0, memo: bool = False):
+        super().__init__()
+        self.memo = {} if memo else None
+        self.memo_hits = 0
+        self.device_type = device_type
+        self.phase = phase
+        self.cache_bytes = cache_bytes
+        self.live = 0  # device
+        self.live_host = 0  # host-marked storages on the simulated device
+        self.peak = {p: 0 for p in PHASES}
+        self.peak_all = {p: 0 for p in PHASES}
+        self.cache_at_peak = {p: 0 for p in PHASES}
+        self._host_ids = set()
+        self.live_at = {}  # phase -> device bytes alive at its first op
+
+    def _free(self, nbytes: int, host: bool, key: int) -> None:
+        if host:
+            self.live_host -= nbytes
+            self._host_ids.discard(key)
+        else:
+            self.live -= nbytes
+
+    def _is_host(self, t) -> bool:
+        return id(t.untyped_storage()) in self._host_ids
+
+    def _call(self, func, args, kwargs):
+        if self.memo is None:
+            return func(*args, **kwargs)
+        key = _memo_key(func, args, kwargs)
+        if key is None:
+            return func(*args, **kwargs)
+        hit = self.memo.get(key)
+        if hit is not None:
+            self.memo_hits += 1
+            made = [torch.empty_strided(size, stride, dtype=dtype, device="meta") for size, stride, dtype in hit[1]]
+            return made[0] if hit[0] == "one" else tuple(made)
+        out = func(*args, **kwargs)
+        entry = _memo_entry(func, out, args, kwargs)
+        if entry is not None:
+            self.memo[key] = entry
+        return out
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = self._call(func, args, kwargs)
+        info = _schema_info(func)
+        if info[1]:  # fresh outputs: the returns without alias annotation
+            outs = out if info[0] > 1 else (out,)
+            fresh = []
+            for i in info[1]:
+                o = outs[i]
+                if isinstance(o, torch.Tensor):
+                    if o.device.type == self.device_type:
+                        fresh.append(o)
+                elif isinstance(o, (list, tuple)):
+                    fresh += [t for t in o if isinstance(t, torch.Tensor) and t.device.type == self.device_type]
+        else:
+            fresh = ()
+        if fresh:
+            host = getattr(_host, "depth", 0) > 0
+            if not host and self._host_ids:
+                ins = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)
+                       and t.device.type == self.device_type]
+                host = bool(ins) and all(self._is_host(t) for t in ins)
+            for t in fresh:
+                st = t.untyped_storage()
+                n = st.nbytes()
+                key = id(st)
+                if host:
+                    self.live_host += n
+                    self._host_ids.add(key)
+                else:
+                    self.live += n
+                weakref.finalize(st, self._free, n, host, key)
+        p = self.phase()
+        if p not in self.live_at:
+            self.live_at[p] = self.live - sum(t.untyped_storage().nbytes() for t in fresh if not self._is_host(t))
+        if self.live > self.peak[p]:
+            self.peak[p] = self.live
+            self.cache_at_peak[p] = self.cache_bytes()
+        all_live = self.live + self.live_host
+        if all_live > self.peak_all[p]:
+            self.peak_all[p] = all_live
+        return out
+
+
+_SCHEMA = {}
+
+
+def _schema_info(func):
+    """(number of returns, indices of the returns without alias annotation, memo-eligible), per op."""
+    info = _SCHEMA.get(func)
+    if info is None:
+        schema = func._schema
+        rets = schema.returns
+        fresh = tuple(i for i, r in enumerate(rets) if r.alias_info is None)
+        eligible = (bool(rets) and all(r.alias_info is None for r in rets)
+                    and all(a.alias_info is None for a in schema.arguments)
+                    and all(str(r.type) == "Tensor" for r in rets))
+        info = _SCHEMA[func] = (len(rets), fresh, eligible)
+    return info
+
+
+_NO = object()  # an argument the memo cannot key on
+
+
+def _meta_of(x):
+    if isinstance(x, torch.Tensor):
+        if x.device.type != "meta":
+            return _NO
+        return ("T", tuple(x.shape), x.stride(), x.dtype, x.storage_offset())
+    if isinstance(x, (list, tuple)):
+        parts = tuple(_meta_of(v) for v in x)
+        return _NO if any(p is _NO for p in parts) else ("L", parts)
+    if x is None or isinstance(x, (int, float, bool, str, torch.dtype, torch.device, torch.layout,
+                                   torch.memory_format)):
+        return (type(x).__name__, x)
+    return _NO  # anything else (a generator, a symbolic size): not remembered
+
+
+def _memo_key(func, args, kwargs):
+    if not _schema_info(func)[2]:
+        return None  # in-place, out= and view ops, and non-tensor returns, run as they are
+    parts = []
+    for v in args:
+        m = _meta_of(v)
+        if m is _NO:
+            return None
+        parts.append(m)
+    if kwargs:
+        for k in sorted(kwargs):
+            m = _meta_of(kwargs[k])
+            if m is _NO:
+                return None
+            parts.append((k, m))
+    return (func, tuple(parts))
+
+
+def _memo_entry(func, out, args, kwargs):
+    outs = out if isinstance(out, tuple) else (out,)
+    if not all(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in outs):
+        return None
+    ins = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+    seen = set()
+    for t in outs:
+        st = t.untyped_storage()
+        if id(st) in ins or id(st) in seen or t.storage_offset() != 0:
+            return None
+        if st.nbytes() != _span_bytes(t):
+            return None
+        seen.add(id(st))
+    return ("one" if not isinstance(out, tuple) else "tuple",
+            tuple((tuple(t.shape), t.stride(), t.dtype) for t in outs))
+
+
+def _span_bytes(t) -> int:
+    if t.numel() == 0:
+        return 0
+    span = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    return span * t.element_size()
