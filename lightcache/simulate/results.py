@@ -1,6 +1,7 @@
-"""The README table of ``lightcache plan`` at real sizes, from benchmarks/results/plan-*.json.
+"""The README table of ``lightcache plan`` at real sizes, from the ``plan-*.json`` files the
+``lightcache plan --json`` commands wrote.
 
-    python benchmarks/plan_table.py            # markdown table + the issue's targets
+    python -m lightcache.simulate.results [benchmarks/results]   # markdown table + the targets
 
 Every figure is read from the JSON files the ``lightcache plan`` commands wrote (each records its
 command, date, versions and machine); nothing here is measured.
@@ -14,12 +15,9 @@ import os
 import sys
 
 GiB = 2**30
-HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
-
-def load(pattern="plan-*.json"):
+def load(folder="benchmarks/results", pattern="plan-*.json"):
     out = {}
-    for path in sorted(glob.glob(os.path.join(HERE, pattern))):
+    for path in sorted(glob.glob(os.path.join(folder, pattern))):
         with open(path) as fh:
             out[os.path.basename(path)[5:-5]] = json.load(fh)
     return out
@@ -47,7 +45,8 @@ def fit_text(d, cap):
 
 
 def main(argv=None):
-    results = load()
+    argv = sys.argv[1:] if argv is None else argv
+    results = load(argv[0] if argv else "benchmarks/results")
     rows = []
     head = ("| config | uncached peak (denoise / pipeline) | PreciseCache-flash, no plan | flash + swap | "
             "plan --fit 80 GB | --fit 48 GB | --fit 24 GB | sim s |")
