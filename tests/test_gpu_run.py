@@ -29,7 +29,10 @@ LINE = re.compile(r"^(\S+) rc=(\S+) seconds=(\d+) figure=(.*)$")
 
 def run_script(tmp_path, timeout=180, **env):
     out = tmp_path / "out"
-    e = {k: v for k, v in os.environ.items() if not k.startswith("LC_GPU_") and k not in ("STEPS", "BUDGET_S", "RESERVE_S")}
+    # not this pytest's own variables either: an xdist worker's PYTEST_XDIST_WORKER would make the
+    # script's inner pytest-benchmark run think it is an xdist worker and refuse --benchmark-only
+    e = {k: v for k, v in os.environ.items()
+         if not k.startswith(("LC_GPU_", "PYTEST_")) and k not in ("STEPS", "BUDGET_S", "RESERVE_S")}
     e.update(OUT=str(out), PYTHON=sys.executable, **env)
     import lightcache
 
