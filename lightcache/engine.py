@@ -608,9 +608,17 @@ class _PipelineTaps:
 
     def _tap_stage(self, name):
         primary = self.primary
+        sessions = self.sessions
 
         def make(original):
             def staged(*args, **kwargs):
+                if name == "decode":
+                    # denoising is over: the cached features need not outlive it (held through the
+                    # VAE decode they would add the whole device cache to the decode's peak). A
+                    # decode before the last step (a preview in a step callback) keeps them.
+                    for session in sessions:
+                        if session.run_active and session.num_steps is not None and session.step >= session.num_steps:
+                            session.release_run_state(keep_rings=True)
                 return primary.stage(name, original, args, kwargs)
 
             return staged

@@ -32,13 +32,16 @@ from lightcache.memory import MemoryPlan
 from lightcache.memory.meter import tracking
 from lightcache.ring import get_ring, open_rings
 
-from tiny_pipelines import FAMILIES, build, denoiser, output_of
+from tiny_pipelines import ALL_FAMILIES as FAMILIES, build, denoiser, matrix_info, output_of
 
-UNETS = ("svd", "animatediff", "text_to_video_sd")
+# per-family settings (tests/tiny_pipelines.py, MatrixInfo): which are UNets, whose decode slices
+# are not the one-call decode (HunyuanVideo, SVD), exact slice counts (CogVideoX decodes in its own
+# frame batches of 2 latent frames), rows per chunk, how guidance is turned off
+UNETS = tuple(f for f in FAMILIES if matrix_info(f)["kind"] == "unet")
 DITS = tuple(f for f in FAMILIES if f not in UNETS)
 STEPS = 4
-INEXACT_DECODE = ("hunyuan_video", "svd")  # their VAEs' slices are not the one-call decode
-DECODE_SLICES = {"cogvideox": 2}  # CogVideoX decodes in its own frame batches of 2 latent frames
+INEXACT_DECODE = tuple(f for f in FAMILIES if matrix_info(f)["inexact_decode"])
+DECODE_SLICES = {f: matrix_info(f)["decode_slices"] for f in FAMILIES}
 
 # policy name -> (lossless instance, reusing instance), per kind of denoiser
 DIT_POLICIES = {
@@ -61,7 +64,7 @@ def policies_for(family):
 
 # rows per chunk: the tiny DiTs have 12-24 tokens a call (2 splits them into >= 4 sequence pieces);
 # the tiny UNets' top level 8 frames x 64 pixels (128: 2 frames or 16 pixels a piece)
-CHUNK = {"svd": 128, "animatediff": 128, "text_to_video_sd": 128}
+CHUNK = {f: matrix_info(f)["chunk"] for f in FAMILIES}
 
 
 def plan(name: str, family: str):
@@ -106,12 +109,7 @@ def variant_kwargs(family, kwargs, variant):
     """Call kwargs of a variant: "default", "no-cfg", "batch2", "latent", "frames" (fewer frames)."""
     kw = dict(kwargs)
     if variant == "no-cfg":
-        if family == "hunyuan_video":
-            kw["true_cfg_scale"] = 1.0
-        elif family == "svd":
-            kw.update(min_guidance_scale=1.0, max_guidance_scale=1.0)
-        else:
-            kw["guidance_scale"] = 1.0
+        kw.update(matrix_info(family)["no_cfg"])
     elif variant == "batch2":  # two different prompts (and SVD images) in one call
         for k, v in kwargs.items():
             if isinstance(v, torch.Tensor) and v.shape[0] == 1:
@@ -120,9 +118,8 @@ def variant_kwargs(family, kwargs, variant):
     elif variant == "latent":  # the denoised latents, before the VAE (which amplifies differences)
         kw["output_type"] = "latent"
     elif variant == "frames":
-        kw["num_frames"] = {"svd": 3, "animatediff": 4, "text_to_video_sd": 4}.get(family, 5)
-        if family == "svd":
-            kw["decode_chunk_size"] = 3
+        kw["num_frames"] = matrix_info(family)["frames"]
+        kw.update(matrix_info(family)["variant_extra"])
     return kw
 
 
@@ -342,7 +339,8 @@ def test_reusing_setting_skips_work_under_every_plan(family, policy_name, plan_n
 # -- CFG off, batch 2, and a second call with another frame count --------------------------------
 
 VARIANT_CELLS = [(f, p, m, v) for f in FAMILIES for p in policies_for(f) for m in ("none", "all")
-                 for v in ("no-cfg", "batch2", "frames")]
+                 for v in ("no-cfg", "batch2", "frames")
+                 if not (v == "batch2" and not matrix_info(f)["batch2"]) and not (v == "frames" and matrix_info(f)["frames"] is None)]
 
 
 @pytest.mark.parametrize("family,policy_name,plan_name,variant", VARIANT_CELLS)
@@ -363,8 +361,7 @@ def test_cfg_off_batch2_and_other_sizes(family, policy_name, plan_name, variant)
         lightcache.disable(pipe)
     assert first.shape == plain(family).shape and out.shape == ref.shape
     assert out.shape[0] == (2 if variant == "batch2" else 1)
-    calls_per_step = 1 if variant == "no-cfg" or family in ("cogvideox", "ltx", "easyanimate", "svd", "animatediff",
-                                                             "text_to_video_sd") else 2
+    calls_per_step = 1 if variant == "no-cfg" else matrix_info(family)["cfg_calls"]
     assert len(rep.decisions) == STEPS * calls_per_step
     if plan_name == "none":
         assert torch.equal(out, ref)

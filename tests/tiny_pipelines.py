@@ -660,6 +660,75 @@ assert tuple(_BUILDERS) == FAMILIES
 
 
 # --------------------------------------------------------------------------------------------------
+# further families: one module each in tests/tiny_families/
+# --------------------------------------------------------------------------------------------------
+#
+# A module there defines ``FAMILY`` (the registry's family name), ``build(s: _Seeder) -> (pipe,
+# kwargs)`` like the builders above, and ``MATRIX``: how the matrix test treats it (keys of
+# ``MatrixInfo``). They run through test_matrix.py (and tests that ask for ALL_FAMILIES); the
+# original FAMILIES keep the heavier per-family tests of the other test files.
+
+
+class MatrixInfo(dict):
+    """How tests/test_matrix.py runs a family. Keys: kind ("dit" or "unet"), inexact_decode (its
+    decode slices warn), decode_slices (slices that are exact), chunk (rows per chunk that split
+    its tiny pipeline), no_cfg (call kwargs that turn guidance off), frames (a smaller frame count
+    for the second-call variant; None: the variant is skipped with the reason in ``notes``),
+    variant_extra (kwargs added to the "frames" variant), batch2 (False: the pipeline takes one
+    prompt a call), cfg_calls (denoiser calls a step with guidance on: 1 where the pipeline batches
+    the conditional and unconditional inputs, 2 where it calls the denoiser twice), notes (why a
+    variant is left out)."""
+
+    DEFAULTS = dict(kind="dit", inexact_decode=False, decode_slices=1, chunk=2, no_cfg={"guidance_scale": 1.0},
+                    frames=5, variant_extra={}, batch2=True, cfg_calls=1, notes="")
+
+    def __init__(self, **kw):
+        unknown = set(kw) - set(self.DEFAULTS)
+        if unknown:
+            raise KeyError(f"MatrixInfo: unknown keys {sorted(unknown)}")
+        super().__init__({**self.DEFAULTS, **kw})
+
+
+_MATRIX_INFO: dict[str, MatrixInfo] = {
+    "wan": MatrixInfo(cfg_calls=2), "wan_i2v": MatrixInfo(cfg_calls=2), "ltx": MatrixInfo(), "easyanimate": MatrixInfo(),
+    "hunyuan_video": MatrixInfo(inexact_decode=True, no_cfg={"true_cfg_scale": 1.0}, cfg_calls=2),
+    "cogvideox": MatrixInfo(decode_slices=2),
+    "svd": MatrixInfo(kind="unet", inexact_decode=True, chunk=128,
+                      no_cfg={"min_guidance_scale": 1.0, "max_guidance_scale": 1.0},
+                      frames=3, variant_extra={"decode_chunk_size": 3}),
+    "animatediff": MatrixInfo(kind="unet", chunk=128, frames=4),
+    "text_to_video_sd": MatrixInfo(kind="unet", chunk=128, frames=4),
+}
+
+
+def _load_more_families():
+    import importlib
+    import pkgutil
+    from pathlib import Path
+
+    folder = Path(__file__).parent / "tiny_families"
+    found = []
+    for info in sorted(pkgutil.iter_modules([str(folder)]), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"tiny_families.{info.name}")
+        if mod.FAMILY in _BUILDERS:
+            raise ValueError(f"tests/tiny_families/{info.name}.py: family {mod.FAMILY!r} is built twice")
+        _BUILDERS[mod.FAMILY] = mod.build
+        _MATRIX_INFO[mod.FAMILY] = mod.MATRIX if isinstance(mod.MATRIX, MatrixInfo) else MatrixInfo(**mod.MATRIX)
+        found.append(mod.FAMILY)
+    return tuple(found)
+
+
+MORE_FAMILIES = _load_more_families()
+ALL_FAMILIES = FAMILIES + MORE_FAMILIES
+
+
+def matrix_info(family: str) -> MatrixInfo:
+    return _MATRIX_INFO[family]
+
+
+# --------------------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------------------
 
@@ -668,7 +737,7 @@ def build(family: str, seed: int = 0):
     """Build the tiny pipeline of ``family`` and its call kwargs (no generator). Deterministic in
     ``seed``; leaves the global torch RNG state as it found it."""
     if family not in _BUILDERS:
-        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+        raise ValueError(f"unknown family {family!r}; expected one of {ALL_FAMILIES}")
     with torch.random.fork_rng(devices=[]), _quiet_diffusers():
         s = _Seeder(seed)
         pipe, kwargs = _BUILDERS[family](s)
