@@ -206,7 +206,7 @@ def smem_estimate(head_dim: int, dtype: torch.dtype, block_m: int, block_n: int,
 # tiles (at D = 128, 115,200 bytes by the compiler: more than the 99 KB of sm_86/sm_89 parts, which
 # get the 2-stage tile, 82,176 bytes); the small ones fit 48 KB. fp32 dots run on FMA units with
 # their operands in registers: at D = 128 the 64 x 32 tile spills (952 bytes of spill stores with
-# ptxas for sm_90, as DESIGN.md section 8 saw with triton 3.6), 32 x 32 with 8 warps and one stage
+# ptxas for sm_90; triton 3.6 spills there as well), 32 x 32 with 8 warps and one stage
 # does not (198 registers on sm_90, 224 on sm_80); at D <= 64, 64 x 32 with 8 warps is spill-free.
 # (Registers, spills and bytes: triton 3.9 compiling ahead of time, ptxas 13.4 -v, no GPU run.)
 _TILES_16BIT = {

@@ -3,18 +3,26 @@
     import lightcache
     lightcache.enable(pipe, policy=lightcache.EasyCache(threshold=0.05))
     video = pipe(...).frames
-    lightcache.report(pipe); lightcache.disable(pipe)
+    print(lightcache.report(pipe)); lightcache.history(pipe); lightcache.disable(pipe)
 
 `import lightcache.ops` registers the compiled/Triton ops as ``torch.ops.lightcache.*``.
-The pipeline-facing API needs diffusers and is imported on first use.
+The pipeline-facing API needs diffusers and is imported on first use. Messages go to the
+``logging.getLogger("lightcache")`` logger (INFO on enable; warnings stay ``warnings.warn``).
 """
 
+import logging as _logging
+
 __version__ = "0.1.0"
+
+# a library logs, the application decides where it goes (no output unless configured)
+_logging.getLogger("lightcache").addHandler(_logging.NullHandler())
 
 _LAZY = {
     "enable": "lightcache.api",
     "disable": "lightcache.api",
     "report": "lightcache.api",
+    "history": "lightcache.api",
+    "CacheStackingError": "lightcache.guard",
     "EasyCache": "lightcache.policies",
     "PreciseCache": "lightcache.policies",
     "DeepCache": "lightcache.policies",

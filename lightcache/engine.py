@@ -21,6 +21,7 @@ from typing import Any, List, Optional
 import torch
 from torch import nn
 
+from lightcache.guard import CacheStackingError, check_no_foreign_cache
 from lightcache.hookset import HookSet
 from lightcache.adapters.base import ModelAdapter
 from lightcache import parallel as _parallel
@@ -30,7 +31,7 @@ from lightcache._live_bytes import LiveBytes
 from lightcache.memory.meter import StageTracker
 from lightcache.memory.store import DeviceStore
 from lightcache.policies.base import CachePolicy, CallInfo, RunContext
-from lightcache.reporting import Recorder, Report
+from lightcache.reporting import Recorder, Report, record_call_end
 
 DENOISER_HOOK = "lightcache.denoiser"
 BLOCK_HOOK = "lightcache.block"
@@ -177,6 +178,11 @@ class Session:
 
     def new_run(self, num_steps: Optional[int] = None) -> None:
         """A fresh pipeline call: every cached feature and decision of the previous one is dropped."""
+        try:  # another cache added since enable() (diffusers' enable_cache, cache-dit): refuse the call
+            check_no_foreign_cache(self.denoiser, self.pipe, when="call")
+        except CacheStackingError:
+            self.end_run(failed=True)
+            raise
         self.release_run_state()
         if self.last_stage != "encode":  # this pipeline call had no encode stage before denoising
             self._new_report()
@@ -239,7 +245,7 @@ class Session:
         self.release_run_state(keep_rings=not failed)
         if failed:
             self.close_kept_store()
-        self.recorder.close()
+        self._close_recorder(failed)
         self.run_bytes = None
         self.last_stage = None
 
@@ -256,8 +262,15 @@ class Session:
             cuda_peaks=bool(getattr(self.memory, "cuda_peaks", False)),
         )
 
+    def _close_recorder(self, failed: bool = False) -> None:
+        """The call's recording is over: the first close files it in lightcache.history."""
+        if not self.recorder.closed:
+            self.recorder.close(failed=failed)
+            record_call_end(self, self.recorder)
+
     def _new_report(self) -> None:
         """A new pipeline call: fresh report and a fresh CPU byte count for its stages."""
+        self._close_recorder()  # a run that never ended (a denoiser driven by hand) still counts
         self.recorder = Recorder(num_blocks=len(self.blocks))
         self.run_bytes = None
         self._fit_warned = False

@@ -1,7 +1,8 @@
 """What this lightcache installation can do: ``python -m lightcache.info`` (or ``lightcache info``).
 
 Prints one ``name: value`` line per fact: versions, the compiled ring buffer (CPU/CUDA), Triton,
-the GPU, and whether pinned host memory works under the current memlock limit.
+the GPU (``gpu: no GPU ...`` where torch sees none), and whether pinned host memory works under
+the current memlock limit.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ def collect() -> dict[str, str]:
         if gpu:
             names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
             info["gpu"] = f"yes: {names}"
+        elif torch.version.cuda is None:
+            info["gpu"] = "no GPU (this torch is a CPU-only build): lightcache runs its CPU reference kernels"
         else:
-            info["gpu"] = "no (torch.cuda.is_available() is False)"
+            info["gpu"] = "no GPU (torch.cuda.is_available() is False): lightcache runs its CPU reference kernels"
     except ImportError as exc:  # pragma: no cover - torch is a dependency
         info["torch"] = f"not importable ({exc})"
         info["gpu"] = "unknown (torch missing)"
@@ -77,12 +80,14 @@ def collect() -> dict[str, str]:
 
 
 def format_info(info: dict[str, str] | None = None) -> str:
+    """The facts as aligned ``name: value`` lines (``info``: from :func:`collect` by default)."""
     info = collect() if info is None else info
     width = max(len(k) for k in info)
     return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in info.items())
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``lightcache info``: print the facts (command output, hence print)."""
     print(format_info())
     return 0
 

@@ -1,4 +1,4 @@
-"""Fidelity of a generated video against the uncached reference (DESIGN.md §7).
+"""Fidelity of a generated video against the uncached reference (docs/design.md §7).
 
 Videos are float tensors in [0, 1] shaped (..., F, C, H, W) (diffusers' ``output_type="pt"``);
 leading dimensions are a batch.

@@ -9,6 +9,9 @@ Each op has
 Arguments are validated here, identically for the real and the fake kernels, and bad input raises
 ``ValueError``/``TypeError`` naming the argument. Nothing falls back silently: a CUDA call without a
 usable Triton raises instead of running the reference.
+
+The public ops are listed in ``__all__``; ``help(lightcache.ops.<op>)`` gives each op's contract.
+What they compute and why is in docs/design.md §5.
 """
 
 from __future__ import annotations
@@ -556,3 +559,17 @@ def _register_ordered_effect(qualname: str) -> None:
 
 _register_ordered_effect("lightcache::ring_store")
 _register_ordered_effect("lightcache::ring_release")
+
+
+def _document_ops() -> None:
+    """Give each op object its function's signature and docstring: ``help(lightcache.ops.reuse)``
+    would otherwise show only torch's CustomOpDef class documentation. Documentation only."""
+    import inspect
+
+    for name in __all__:
+        fn = getattr(globals()[name], "_init_fn", None)  # the decorated function (torch's CustomOpDef)
+        if fn is not None and fn.__doc__:
+            globals()[name].__doc__ = f"torch.ops.lightcache.{name}{inspect.signature(fn)}\n\n{inspect.cleandoc(fn.__doc__)}"
+
+
+_document_ops()

@@ -1,5 +1,5 @@
 """Policy decision sequences against an independent step-by-step evaluation of each formula
-(DESIGN.md §3), on recorded (x_t, v_t) trajectories, without a model."""
+(docs/design.md §3), on recorded (x_t, v_t) trajectories, without a model."""
 
 import math
 
@@ -30,7 +30,7 @@ def mean_abs(t):
 
 
 def easycache_reference(xs, vs, tau, warmup):
-    """EasyCache as written in DESIGN.md §3, in plain Python."""
+    """EasyCache as written in docs/design.md §3.1, in plain Python."""
     n = len(xs)
     decisions, E, k, last = [], 0.0, None, None  # last = (x_i, v_i)
     for t in range(n):

@@ -35,72 +35,85 @@ def _opt_int(name: str, value, lo: int, unit: str, what: Optional[str] = None) -
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """Where cached features live.
+    """Where cached features live, how blocks are chunked and how the latents are decoded: the
+    three strategies of docs/design.md §4. Every field is checked here (a ValueError or TypeError
+    naming the field and what is allowed) and stored normalised, so equal plans compare equal.
 
-    swap: "on" moves every cached feature to a pinned host ring buffer right after it is produced
-        and brings it back (prefetched ahead where the policy knows the order) before reuse;
-        "off" keeps them on the device; "auto" swaps on CUDA and not on CPU (where host and
-        device are one memory). True/False mean "on"/"off".
-    device_cache_budget: bytes of cached features allowed on the device at once with swapping
-        (prefetched and fetched buffers), or None for no limit. Prefetches that would exceed it are
-        not issued (the fetch then waits for its copy).
-    cache_dtype: None (the feature's own dtype, exact), "bf16", or "fp8" (e4m3 with per-token
-        scales); compressed features are dequantised inside the fused reuse op.
-    host_cache_budget: bytes of pinned host memory the swapped cache may take, or None.
-    sync_store: with swapping, the compute stream waits for each stored feature's device-to-host
-        copy before it goes on. Off (default), the copy overlaps later work and reads the tensor
-        the policy handed over while it runs: lightcache's policies store tensors nothing writes
-        to afterwards, but a pipeline that modified a cached tensor (a latent, a block output)
-        in place right after it was stored would race with the copy on CUDA. On closes that, at
-        the cost of the overlap.
-    pinned: "prefer" (pageable memory with a warning when page-locked memory is refused),
-        "require" (an error instead), or "off".
-    chunk_size: Feature chunk (exact; see lightcache.memory.chunk), in rows (tokens) per chunk:
-        blocks of the known DiT families (Wan, HunyuanVideo, CogVideoX, LTX-Video, EasyAnimate) run
-        their whole token-wise work over sequence pieces of this many tokens (keys/values of
-        self-attention computed piece by piece into full-length buffers, queries attending to them
-        through the model's own attention call); elsewhere feed-forward layers run over token
-        chunks and attention over query chunks (keys/values whole); in video UNets resnets and
-        transformer blocks run over whole frames (spatial) or pixels (temporal), as many as fit
-        the rows, at least one, never splitting a GroupNorm's statistics. "auto": sized at each
-        call from chunk_budget. None: off.
-    chunk_budget: with chunk_size="auto", bytes the widest chunked intermediate of each chunked
-        operation may take (a FeedForward's hidden rows, a query chunk's attention scores, a UNet
-        piece's feature map; for a DiT block a row is the larger of its widest linear row and one
-        query row of attention scores); a budget below one row (one frame or pixel for UNet
-        modules) raises ValueError naming the minimum.
-    decode_slices: decode the latent video in slices of this many (latent) frames, or None. What
-        a slice is per VAE, and where it is exact (AutoencoderKL, Wan, CogVideoX, LTX with its
-        default overlap) or not (HunyuanVideo, SVD), is in lightcache.memory.decode.
-    decode_budget: bytes the decode stage may allocate on the device (activations, causal caches,
-        and the output unless decode_to_host moves it): the largest slice, and only if even the
-        smallest slice does not fit, the largest spatial tile (the VAE's own tiling) whose dry-run
-        byte count fits; decoding raises ValueError naming the minimum when nothing fits. Exclusive
-        with decode_slices.
-    decode_overlap: latent frames of temporal context per slice for the VAEs that need it:
-        HunyuanVideo's tile overlap (default: the VAE's own) and LTX's margin on each side
-        (default: the decoder's receptive field, exact); None for the defaults.
-    decode_to_host: write decoded frames to host memory as each slice finishes (the pipeline's
-        video then comes back on the CPU); needs decode_slices or decode_budget. None (default):
-        True with fit_bytes, else False.
-    fit_bytes: "fit in N bytes": the working device memory a pipeline call may use beyond what is
-        allocated when it starts (weights, inputs). Every budget left unset is derived from it:
-        device_cache_budget = N/4, chunk_size="auto" with chunk_budget = N/8, decode_budget = 3N/4
-        (the stages run one after another; the cache budget stays reserved) with decode_to_host (the decoded video does not stay on the device). Cached features,
-        chunked intermediates and the decoder are then bounded; what no strategy can split (the
-        latents, the hidden state and attention's keys/values) must fit in the rest. Where a budget
-        is below what one block, feature or frame needs, the error names the minimum; after a
-        call whose stage peak exceeded N (CUDA allocator; on CPU with cpu_tracker) a
-        ResourceWarning says by how much.
-    cpu_tracker: on CPU, meter each stage's peak with the deterministic live-tensor tracker
-        (report.peak_bytes); slower, meant for tests and measurements.
-    cuda_peaks: on CUDA, meter each stage invocation's allocator peak (report.peak_bytes): a
-        measurement mode that synchronises the device and resets the allocator's peak counter
-        (``torch.cuda.reset_peak_memory_stats``, so the caller's own ``max_memory_allocated()``
-        around the pipeline call no longer covers the whole call) at every stage invocation. Off,
-        nothing waits for the device and the user's counters are untouched; stage times come from
-        CUDA events and peak_bytes stays None. None (default): on with fit_bytes (its warning
-        needs the peaks), else off.
+    Args:
+        swap (str or bool, defaults to "auto"): "on" moves every cached feature to a pinned host
+            ring buffer right after it is produced and brings it back (prefetched ahead where the
+            policy knows the order) before reuse; "off" keeps them on the device; "auto" swaps on
+            CUDA and not on CPU (where host and device are one memory). True/False mean "on"/"off".
+        device_cache_budget (int, optional, defaults to None): bytes of cached features allowed on
+            the device at once with swapping (prefetched and fetched buffers), or None for no
+            limit. Prefetches that would exceed it are not issued (the fetch then waits for its
+            copy).
+        cache_dtype (str, optional, defaults to None): None (the feature's own dtype, exact),
+            "bf16", or "fp8" (e4m3 with per-token scales); compressed features are dequantised
+            inside the fused reuse op.
+        host_cache_budget (int, optional, defaults to None): bytes of pinned host memory the
+            swapped cache may take, or None for no limit.
+        sync_store (bool, defaults to False): with swapping, the compute stream waits for each
+            stored feature's device-to-host copy before it goes on. Off, the copy overlaps later
+            work and reads the tensor the policy handed over while it runs: lightcache's policies
+            store tensors nothing writes to afterwards, but a pipeline that modified a cached
+            tensor (a latent, a block output) in place right after it was stored would race with
+            the copy on CUDA. On closes that, at the cost of the overlap.
+        pinned (str, defaults to "prefer"): "prefer" (pageable memory with a warning when
+            page-locked memory is refused), "require" (an error instead), or "off".
+        chunk_size (int or str, optional, defaults to None): Feature chunk (exact; see
+            lightcache.memory.chunk), in rows (tokens) per chunk: blocks of the known DiT families
+            (Wan, HunyuanVideo, CogVideoX, LTX-Video, EasyAnimate) run their whole token-wise work
+            over sequence pieces of this many tokens (keys/values of self-attention computed piece
+            by piece into full-length buffers, queries attending to them through the model's own
+            attention call); elsewhere feed-forward layers run over token chunks and attention
+            over query chunks (keys/values whole); in video UNets resnets and transformer blocks
+            run over whole frames (spatial) or pixels (temporal), as many as fit the rows, at
+            least one, never splitting a GroupNorm's statistics. "auto": sized at each call from
+            chunk_budget. None: off.
+        chunk_budget (int, optional, defaults to None): with chunk_size="auto" (and only then),
+            bytes the widest chunked intermediate of each chunked operation may take (a
+            FeedForward's hidden rows, a query chunk's attention scores, a UNet piece's feature
+            map; for a DiT block a row is the larger of its widest linear row and one query row of
+            attention scores); a budget below one row (one frame or pixel for UNet modules) raises
+            ValueError naming the minimum.
+        decode_slices (int, optional, defaults to None): decode the latent video in slices of this
+            many (latent) frames, or None. What a slice is per VAE, and where it is exact
+            (AutoencoderKL, Wan, CogVideoX, LTX with its default overlap) or not (HunyuanVideo,
+            SVD), is in lightcache.memory.decode.
+        decode_budget (int, optional, defaults to None): bytes the decode stage may allocate on
+            the device (activations, causal caches, and the output unless decode_to_host moves
+            it): the largest slice, and only if even the smallest slice does not fit, the largest
+            spatial tile (the VAE's own tiling) whose dry-run byte count fits; decoding raises
+            ValueError naming the minimum when nothing fits. Exclusive with decode_slices.
+        decode_overlap (int, optional, defaults to None): latent frames of temporal context per
+            slice for the VAEs that need it: HunyuanVideo's tile overlap (default: the VAE's own)
+            and LTX's margin on each side (default: the decoder's receptive field, exact); None for
+            the defaults. Needs decode_slices or decode_budget.
+        decode_to_host (bool, optional, defaults to None): write decoded frames to host memory as
+            each slice finishes (the pipeline's video then comes back on the CPU); needs
+            decode_slices or decode_budget. None: True with fit_bytes, else False.
+        cpu_tracker (bool, defaults to False): on CPU, meter each stage's peak with the
+            deterministic live-tensor tracker (report.peak_bytes); slower, meant for tests and
+            measurements.
+        fit_bytes (int, optional, defaults to None): "fit in N bytes": the working device memory
+            a pipeline call may use beyond what is allocated when it starts (weights, inputs),
+            N >= 8. Every budget left unset is derived from it: device_cache_budget = N/4,
+            chunk_size="auto" with chunk_budget = N/8, decode_budget = 3N/4 (the stages run one
+            after another; the cache budget stays reserved) with decode_to_host (the decoded video
+            does not stay on the device). Cached features, chunked intermediates and the decoder
+            are then bounded; what no strategy can split (the latents, the hidden state and
+            attention's keys/values) must fit in the rest. Where a budget is below what one block,
+            feature or frame needs, the error names the minimum; after a call whose stage peak
+            exceeded N (CUDA allocator; on CPU with cpu_tracker) a ResourceWarning says by how
+            much.
+        cuda_peaks (bool, optional, defaults to None): on CUDA, meter each stage invocation's
+            allocator peak (report.peak_bytes): a measurement mode that synchronises the device
+            and resets the allocator's peak counter (``torch.cuda.reset_peak_memory_stats``, so
+            the caller's own ``max_memory_allocated()`` around the pipeline call no longer covers
+            the whole call) at every stage invocation. Off, nothing waits for the device and the
+            user's counters are untouched; stage times come from CUDA events and peak_bytes stays
+            None. None: on with fit_bytes (its warning needs the peaks), else off.
     """
 
     swap: Union[str, bool] = "auto"

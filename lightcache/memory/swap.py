@@ -1,4 +1,4 @@
-"""Asynchronous cache swapping (DESIGN.md §4.1): cached features leave the device right after they
+"""Asynchronous cache swapping (docs/design.md §4.1): cached features leave the device right after they
 are produced and come back (prefetched one block/step ahead where the policy knows the order)
 before they are reused.
 

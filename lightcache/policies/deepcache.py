@@ -1,4 +1,4 @@
-"""DeepCache for video UNets (DESIGN.md §3): every ``interval`` steps the whole UNet runs and the
+"""DeepCache for video UNets (docs/design.md §3.3): every ``interval`` steps the whole UNet runs and the
 input of the shallow up block at skip branch b — the output of the up block just deeper than it —
 is cached; in between only down_blocks[0..b] and up_blocks[-(b+1):] run, and the deeper blocks
 return placeholders of their recorded shapes (never read: the cached feature replaces the output of
@@ -29,6 +29,24 @@ class DeepCacheState:
 
 @dataclass(frozen=True)
 class DeepCache(CachePolicy):
+    """Reuse of a video UNet's deep features between full steps (docs/design.md §3.3), for SVD,
+    AnimateDiff and TextToVideoSD.
+
+    Steps with step % interval == 0 run the whole UNet and cache the input of the shallow up path
+    at ``branch``; the steps in between run only ``down_blocks[0..branch]`` and the last
+    ``branch + 1`` up blocks on the cached feature. Every denoiser call still runs (the report
+    counts it as partially computed), so ``report.block_compute_ratio`` is the figure to read.
+
+    Args:
+        interval (int, defaults to 3): N, the distance between full steps, >= 1 (1 never reuses).
+        branch (int, defaults to 0): b, the skip branch whose shallow path keeps running: 0 keeps
+            only the outermost down/up block pair; at most (number of up blocks − 2), checked at
+            enable().
+
+    Raises:
+        ValueError / TypeError: a field out of its range or of the wrong type, naming the field.
+    """
+
     interval: int = 3
     branch: int = 0
 

@@ -1,4 +1,4 @@
-"""EasyCache: runtime-adaptive reuse of the whole denoiser (DESIGN.md §3).
+"""EasyCache: runtime-adaptive reuse of the whole denoiser (docs/design.md §3.1).
 
 At each fully computed step i the transformation vector Δ_i = v_i − x_i is cached (per CFG branch).
 Between two consecutive full computes i' < i the transformation rate is
@@ -68,10 +68,15 @@ class EasyCacheState:
 
 @dataclass(frozen=True)
 class EasyCache(CachePolicy):
-    """Whole-denoiser reuse with the transformation-rate criterion.
+    """Whole-denoiser reuse with the transformation-rate criterion (docs/design.md §3.1), for video
+    transformers (DiTs): a step is reused while the accumulated predicted change E stays below
+    ``threshold``, and then outputs x_t + Δ_i without running the denoiser.
 
-    threshold: τ ≥ 0 on the accumulated predicted change (0 never reuses: lossless).
-    warmup_steps: R ≥ 0 leading steps that are always computed.
+    Args:
+        threshold (float, defaults to 0.05): τ >= 0 on the accumulated predicted change (0 never
+            reuses: lossless).
+        warmup_steps (int, defaults to 10): R >= 0 leading steps that are always computed.
+
     Reference defaults: Wan2.1 τ = 0.05, R = 10; HunyuanVideo τ = 0.025, R = 5
     (see :meth:`for_model`)."""
 

@@ -1,4 +1,4 @@
-"""PreciseCache: LFCache (step level) + BlockCache (inside computed steps) (DESIGN.md §3).
+"""PreciseCache: LFCache (step level) + BlockCache (inside computed steps) (docs/design.md §3.2).
 
 LFCache. At every step after warm-up a cheap signal F_t is formed and
     s_t = ‖LP(F_t − F_{t−1})‖₂        (lightcache.lowfreq_energy, circle radius radius_ratio·min(H, W))
@@ -87,6 +87,45 @@ class PreciseCacheState:
 
 @dataclass(frozen=True)
 class PreciseCache(CachePolicy):
+    """LFCache (which steps run) with optional BlockCache (which blocks run inside them), for video
+    transformers (DiTs); the method is in docs/design.md §3.2 and the choices it leaves open are
+    listed in this module's docstring.
+
+    LFCache: after warm-up, each step's signal s_t = ‖LP(F_t − F_{t−1})‖₂ is added to A; the step
+    is recomputed when A > alpha · (the largest s so far in the run), then A = 0; otherwise it
+    returns the branch's cached prediction. BlockCache (``block_ratio`` set): every
+    ``refresh_steps``-th computed step runs all blocks and ranks them by mean|out_j − in_j|; the
+    top ``block_ratio`` fraction run in the computed steps until the next refresh, the others
+    return in_j + (cached out_j − in_j).
+
+    Args:
+        mode (str, defaults to "turbo"): a preset for ``alpha`` and ``block_ratio``: "base"
+            (alpha 0.5, no BlockCache), "turbo" (alpha 0.7, no BlockCache), "flash" (alpha 0.7,
+            block_ratio 0.4). Explicit ``alpha`` / ``block_ratio`` override it.
+        alpha (float, optional, defaults to the mode's): the recompute threshold as a fraction of
+            the largest signal so far, in [0, 1]; larger reuses more steps.
+        block_ratio (float, optional, defaults to the mode's: None for "base" and "turbo", 0.4
+            for "flash"): the fraction of blocks recomputed in computed steps, in (0, 1]; None or
+            1.0 runs every block (no BlockCache).
+        refresh_steps (int, defaults to 3): BlockCache re-ranks the blocks every this many computed
+            steps of a branch (L), >= 1.
+        warmup_ratio (float, defaults to 0.1): the first ceil(warmup_ratio · num_steps) steps (at
+            least 1) are always computed, in [0, 1]. Needs the number of steps: enable on the
+            pipeline, or pass ``num_inference_steps`` through ``cache_context``.
+        compute_last (bool, defaults to True): always compute the last step.
+        signal (str, defaults to "trial"): F_t: "trial" = the prediction of a trial forward on the
+            pooled latent (costs one small forward per step; refused at enable() for models that
+            accept no other size), "input" = the latent input itself (free).
+        trial_downsample (tuple of 3 ints, defaults to (2, 4, 4)): average-pooling factors
+            (time, height, width) of the trial latent, each >= 1; pooled sizes are rounded up to
+            the model's patch multiple.
+        radius_ratio (float, defaults to 0.2): the low-pass radius as a fraction of min(H, W) of
+            the signal's frames (0.2 = min(H, W)/5), > 0.
+
+    Raises:
+        ValueError / TypeError: a field out of its range or of the wrong type, naming the field.
+    """
+
     mode: str = "turbo"
     alpha: Optional[float] = None
     block_ratio: Optional[float] = None
