@@ -28,6 +28,7 @@ _LAZY = {
     "DeepCache": "lightcache.policies",
     "MemoryPlan": "lightcache.memory",
     "plan": "lightcache.simulate",
+    "supported": "lightcache.models.support",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -36,7 +36,9 @@ from lightcache.reporting import Recorder, Report, record_call_end
 DENOISER_HOOK = "lightcache.denoiser"
 BLOCK_HOOK = "lightcache.block"
 _SESSION_ATTR = "_lightcache_session"
-_BRANCH_NAMES = {"cond": "cond", "uncond": "uncond"}  # any other context name is one joint call
+# cache_context names -> branch: the classic pipelines' "cond"/"uncond", diffusers' guiders'
+# "pred_cond"/"pred_uncond"; any other context name is one joint call
+_BRANCH_NAMES = {"cond": "cond", "uncond": "uncond", "pred_cond": "cond", "pred_uncond": "uncond"}
 # (component or None for the pipeline itself, method, stage): the pipeline calls these through
 # attributes, so instance-level wrappers see every invocation
 _STAGE_METHODS = (

@@ -15,6 +15,16 @@ Lookups walk the class MRO: :func:`adapter_for` (denoiser), :func:`chunking_for`
 :func:`slicer_for` (VAE) -- a subclass of a supported diffusers class is covered by its base's
 entry. Importing this package registers every family: each sub-package found here is imported.
 
+A DiT with no entry gets the generic adapter (:mod:`lightcache.models.generic`,
+:func:`generic_adapter`): block lists, streams and latent layout inferred from the model's
+structure, EasyCache and PreciseCache allowed, a :class:`GenericAdapterWarning` once per model; a
+model where it finds no block list is refused naming each candidate and why.
+:func:`registry.unregistered` switches families off for a while (tests compare both adapters).
+
+:func:`supported` (:mod:`lightcache.models.support`) returns the support table, one row per
+registered family (``supported(markdown=True)``/:func:`support_table`: the README's table;
+``python -m lightcache.models.support --write-readme README.md`` rewrites the README's copy).
+
 How to add a family
 -------------------
 
@@ -33,6 +43,7 @@ Create ``lightcache/models/<family>/`` -- nothing else in lightcache changes -- 
            chunking={"MyTransformerBlock": MyChunking()},           # optional
            slicers={"AutoencoderKLMine": MySlicer},                 # optional
            presets={"EasyCache": {"threshold": 0.05, "warmup_steps": 10}},  # optional
+           pipelines=("MyPipeline",),                             # diffusers pipelines using it
        ))
 
    Keys are class *names* (no diffusers import at registration); a subclass of a named class is
@@ -55,8 +66,11 @@ Create ``lightcache/models/<family>/`` -- nothing else in lightcache changes -- 
    how to decode one slice and carry the VAE's causal caches, its spatial tiling, and whether it
    is ``exact`` (else an ``inexact_note`` saying by how much it may differ: warned at enable).
 
-Then add the family to tests/tiny_pipelines.py (a tiny random-weight pipeline) so the test matrix
-covers it.
+``pipelines`` names the diffusers pipeline classes that use the family's denoisers (the support
+table; tests/test_support_table.py checks each exists and takes the family's denoiser); left empty,
+the table finds them from diffusers' pipeline signatures. Then add a tiny random-weight pipeline
+(tests/tiny_families/<family>.py) so the test matrix covers it, and regenerate the README's support
+table (``python -m lightcache.models.support --write-readme README.md``).
 """
 
 import importlib as _importlib
@@ -78,7 +92,22 @@ from lightcache.models.registry import (
     slicers_taking_overlap,
     supported_classes,
     supported_vaes,
+    unregistered,
 )
+from lightcache.models.generic import GenericAdapter, GenericAdapterWarning, generic_adapter
+
+_SUPPORT = ("SupportRow", "support_table", "supported")
+
+
+def __getattr__(name):
+    # the support table is imported on first use (``python -m lightcache.models.support`` would
+    # otherwise find the module imported by the package before it runs)
+    if name in _SUPPORT:
+        from lightcache.models import support
+
+        return getattr(support, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # registration by import: every family folder (sub-package) here, in name order
 for _info in sorted(_pkgutil.iter_modules(__path__), key=lambda m: m.name):
@@ -103,4 +132,11 @@ __all__ = [
     "slicers_taking_overlap",
     "supported_classes",
     "supported_vaes",
+    "unregistered",
+    "GenericAdapter",
+    "GenericAdapterWarning",
+    "generic_adapter",
+    "SupportRow",
+    "support_table",
+    "supported",
 ]

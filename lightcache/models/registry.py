@@ -10,19 +10,27 @@ A :class:`ModelFamily` holds everything lightcache knows about one family of dif
 - ``slicers``: the sliced-decode slicer of each VAE class (VAE class name -> a subclass of
   :class:`lightcache.memory.decode._Slicer`);
 - ``presets``: reference policy settings (policy class name -> its field values), read by e.g.
-  :meth:`lightcache.EasyCache.for_model`.
+  :meth:`lightcache.EasyCache.for_model`;
+- ``pipelines``: the diffusers pipeline class names that use the family's denoisers (the support
+  table, :mod:`lightcache.models.support`; found from diffusers' pipeline signatures when empty).
 
 Lookups (:func:`family_for`, :func:`adapter_for`, :func:`chunking_for`, :func:`slicer_for`) walk
 ``type(obj).__mro__`` and take the first class whose name is registered, so a subclass of a
 supported diffusers class is covered by its base's entry. Class names (not classes) are the keys:
 registering a family imports nothing from diffusers. A later registration of a name replaces the
 earlier one (a user can override a built-in entry).
+
+A denoiser with no entry falls back to the generic adapter (:mod:`lightcache.models.generic`: its
+block lists, streams and latent layout inferred from its structure, with a warning), and is refused
+only when that finds no block list it can drive. :func:`unregistered` switches entries off for a
+while (tests compare the generic adapter with the registered one).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
 from torch import nn
 
@@ -37,6 +45,7 @@ class ModelFamily:
     chunking: Mapping[str, object] = field(default_factory=dict)
     slicers: Mapping[str, type] = field(default_factory=dict)
     presets: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    pipelines: Tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -56,6 +65,8 @@ def register_family(family: ModelFamily) -> ModelFamily:
         raise TypeError(f"family must be a lightcache.models.ModelFamily, got {type(family).__name__}")
     if not isinstance(family.adapter, ModelAdapter):
         raise TypeError(f"ModelFamily.adapter must be a ModelAdapter, got {type(family.adapter).__name__}")
+    if not isinstance(family.pipelines, tuple) or not all(isinstance(p, str) for p in family.pipelines):
+        raise TypeError(f"ModelFamily.pipelines must be a tuple of diffusers pipeline class names, got {family.pipelines!r}")
     _FAMILIES[family.name] = family
     for name in family.adapter.model_classes:
         _DENOISERS[name] = family
@@ -73,7 +84,7 @@ def register_adapter(adapter: ModelAdapter) -> ModelAdapter:
     if old is None:
         register_family(ModelFamily(adapter))
     else:
-        register_family(ModelFamily(adapter, old.chunking, old.slicers, old.presets))
+        register_family(ModelFamily(adapter, old.chunking, old.slicers, old.presets, old.pipelines))
     return adapter
 
 
@@ -86,21 +97,66 @@ def _by_mro(obj, table: Mapping[str, object]):
 
 
 def family_for(model: nn.Module) -> ModelFamily:
-    """The entry of ``model``'s class (or of its nearest registered base class), or a clear error."""
+    """The entry of ``model``'s class (or of its nearest registered base class); else a family
+    holding the generic adapter (:func:`lightcache.models.generic.generic_adapter`, which warns
+    once per model that it is generic); else a ValueError listing the supported classes and why
+    the generic adapter does not apply."""
     found = _by_mro(model, _DENOISERS)
-    if found is None:
+    if found is not None:
+        return found
+    from lightcache.models.generic import GenericAdapterRefusal, generic_adapter
+
+    try:
+        return ModelFamily(generic_adapter(model))
+    except GenericAdapterRefusal as refusal:
         raise ValueError(
             f"lightcache has no adapter for {type(model).__name__}. Supported denoisers: "
             f"{', '.join(supported_classes())}. To add one, describe its blocks with "
             "lightcache.adapters.ModelAdapter(...) and call lightcache.adapters.register_adapter(adapter) "
-            "(a whole family: see lightcache.models)."
-        )
-    return found
+            f"(a whole family: see lightcache.models). The generic adapter does not apply: {refusal.detail}"
+        ) from None
 
 
 def adapter_for(model: nn.Module) -> ModelAdapter:
-    """The adapter of ``model``'s class (or of a base class), or a clear error."""
+    """The adapter of ``model``'s class (or of a base class), else the generic adapter, or a clear
+    error (see :func:`family_for`)."""
     return family_for(model).adapter
+
+
+def registered_family_for(model: nn.Module) -> Optional[ModelFamily]:
+    """The registered entry of ``model``'s class (by MRO), or None (no generic fallback)."""
+    return _by_mro(model, _DENOISERS)
+
+
+@contextlib.contextmanager
+def unregistered(*names: str) -> Iterator[None]:
+    """Switch the families ``names`` off inside the ``with`` block: their denoiser classes, block
+    chunking specs and VAE slicers are not found (their denoisers get the generic adapter), and
+    the registry is put back as it was on entry when the block exits (a registration made inside
+    the block is undone too). For tests and comparisons::
+
+        with lightcache.models.registry.unregistered("wan"):
+            lightcache.enable(pipe, policy=EasyCache())   # the generic adapter, with its warning
+    """
+    for name in names:
+        family(name)  # a ValueError listing the families for an unknown name
+    saved = [dict(t) for t in (_FAMILIES, _DENOISERS, _BLOCKS, _VAES)]
+    try:
+        for name in names:
+            entry = _FAMILIES.pop(name)
+            # only what this entry still provides: a later registration of the same class name
+            # (another family's) stays found
+            owned = ((_DENOISERS, {k: entry for k in entry.adapter.model_classes}),
+                     (_BLOCKS, entry.chunking), (_VAES, entry.slicers))
+            for table, mine in owned:
+                for key, value in mine.items():
+                    if table.get(key) is value:
+                        del table[key]
+        yield
+    finally:
+        for table, copy in zip((_FAMILIES, _DENOISERS, _BLOCKS, _VAES), saved):
+            table.clear()
+            table.update(copy)
 
 
 def family(name: str) -> ModelFamily:
