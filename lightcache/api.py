@@ -67,8 +67,9 @@ def enable(pipe_or_model, policy: Optional[CachePolicy] = None, memory=None):
 
         if not isinstance(memory, MemoryPlan):
             raise TypeError(f"memory must be a lightcache.MemoryPlan or None, got {type(memory).__name__}")
-    for d in denoisers:
-        check_no_foreign_cache(d, pipe, when="enable")
+    if policy is not None:  # two caches would both skip work; a memory plan alone (a meter) may sit beside one
+        for d in denoisers:
+            check_no_foreign_cache(d, pipe, when="enable")
     found = [adapters.adapter_for(d) for d in denoisers]
     for d, adapter in zip(denoisers, found):
         if policy is not None:

@@ -4,24 +4,30 @@
                      [--repeats 3] [--out bench-out] [--quick]
     lightcache bench --model hunyuanvideo --device cuda        realistic size, random weights
     lightcache bench --model svd --scale tiny                  the same pipeline code shrunk, on CPU
-    lightcache bench --checkpoint DIR --prompt-embeds FILE     a local diffusers checkpoint
+    lightcache bench --checkpoint DIR_OR_HUB_ID [--dtype bf16] [--offload model]   a real diffusers checkpoint
+    lightcache bench --list-methods                            every method, where it applies, installed or not
     lightcache bench --sweep [--sweep-points N]                threshold sweeps, matched speed-up
 
 For each method the pipeline runs with the same seed and inputs as the uncached reference:
   * speed-up: median over ``--repeats`` runs, methods alternating within each round, of the
-    reference's time divided by the method's;
+    reference's time divided by the method's, with the min-max over rounds (and of the times);
   * fidelity against the reference's video: PSNR (clip-pooled), SSIM (per frame), flicker — "n/a
     (random weights)" for random-weight models, whose trajectories mean nothing;
   * memory per stage: CUDA allocator peaks, or on CPU the deterministic live-tensor tracker;
   * reuse ratio (lightcache methods).
 Outputs: a table on the terminal, ``results.json``, ``pareto.png`` (speed-up vs PSNR),
 ``memory.png`` (peak per stage), ``timeline.png`` (memory over time by stage, reference vs. our
-fastest method), ``side_by_side.gif`` (reference and each method).
+fastest method), ``side_by_side.gif`` (reference and each method, labelled; its middle frame as
+``side_by_side.png``, and ``side_by_side.mp4`` when imageio-ffmpeg is installed); the figures are
+drawn by :mod:`lightcache.bench_plots`. Status lines go to stderr from the start (model load
+included), through ``tqdm.write`` so that progress bars stay intact.
 
 Models: the trained proxies (``wan-proxy``, ``unet-proxy``), ``wan-tiny``, and realistic-size
 random-weight configurations (Wan2.1 1.3B/14B, HunyuanVideo, CogVideoX-5B, LTX-Video, SVD-XT,
 AnimateDiff; :mod:`lightcache.bench_models`) for speed and memory on a GPU; ``--scale tiny`` runs
-them shrunk on CPU. ``--checkpoint DIR`` runs a real local diffusers pipeline folder.
+them shrunk on CPU. ``--checkpoint`` runs a real diffusers pipeline: a local folder, or a hub id
+from the local hub cache (no network) or else downloaded (:func:`resolve_checkpoint`), in
+``--dtype``, placed by ``--offload`` (:func:`apply_offload`).
 
 Peers (diffusers' FirstBlockCache, TaylorSeer, PyramidAttentionBroadcast, MagCache, FasterCache;
 cache-dit and the DeepCache package when installed) run through their own APIs; a peer that is not
@@ -39,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -50,7 +57,17 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 import lightcache
-from lightcache import bench_models, metrics
+from lightcache import bench_models, bench_plots, cli, metrics
+
+
+
+def status(msg: str) -> None:
+    """A status line on stderr, through tqdm so that an active progress bar is redrawn below it
+    rather than garbled."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"lightcache bench: {msg}", file=sys.stderr)
+
 
 # ---------------------------------------------------------------------------------------------
 # models
@@ -68,6 +85,7 @@ class BenchModel:
     # needs uncond + cond batched into one call)
     denoiser_batches: List[int] = field(default_factory=list)
     calibration: dict = field(default_factory=dict)  # peer calibrations, computed once per model
+    device: Optional[str] = None  # where it computes (its parameters may sit on the host under --offload)
 
 
 def _denoiser(pipe):
@@ -116,28 +134,111 @@ def _proxy(name):
         return BenchModel(pipe, kw, fam, False, f"trained proxy {name} (lightcache/proxy)")
 
     return build
-def load_checkpoint(path: str, device: str, steps: int, prompt: Optional[str], prompt_embeds: Optional[str],
-                    height: Optional[int], width: Optional[int], frames: Optional[int]) -> BenchModel:
-    """A local diffusers pipeline folder (``model_index.json``), for users with real weights."""
-    import json as _json
 
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+OFFLOADS = ("none", "model", "group", "sequential")
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def resolve_checkpoint(spec: str, cache_dir: Optional[str] = None) -> Path:
+    """The local pipeline folder of ``spec``: a folder with ``model_index.json`` as it is, or a hub id
+    (``owner/name``) from the local hub cache when it is there (no network), else downloaded, unless
+    HF_HUB_OFFLINE is set. SystemExit naming ``--checkpoint`` and the reason otherwise."""
+    root = Path(spec).expanduser()
+    if root.exists():
+        if not (root / "model_index.json").is_file():
+            raise SystemExit(f"--checkpoint {spec}: not a diffusers pipeline folder (no model_index.json there)")
+        return root
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(spec)
+        hub_id = spec.count("/") == 1
+    except HFValidationError:
+        hub_id = False
+    if not hub_id:
+        raise SystemExit(f"--checkpoint {spec}: no such folder (so no model_index.json there), and not a hub id of the "
+                         "form owner/name")
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import constants
+
+    where = cache_dir or constants.HF_HUB_CACHE
+    try:
+        folder = DiffusionPipeline.download(spec, local_files_only=True, cache_dir=cache_dir)
+        status(f"{spec}: found in the local hub cache ({folder}); no network used")
+        return Path(folder)
+    except (OSError, ValueError) as exc:  # LocalEntryNotFoundError is an OSError
+        cached_error = exc
+    if _hub_offline():
+        raise SystemExit(f"--checkpoint {spec}: not in the local hub cache ({where}) and HF_HUB_OFFLINE is set, so it "
+                         f"cannot be downloaded ({type(cached_error).__name__}: {cached_error})")
+    status(f"{spec}: not in the local hub cache ({where}); downloading from the Hugging Face hub ...")
+    try:
+        return Path(DiffusionPipeline.download(spec, cache_dir=cache_dir))
+    except Exception as exc:  # no network, unknown or gated repo: one clear message
+        raise SystemExit(f"--checkpoint {spec}: not in the local hub cache ({where}) and the download failed: "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+
+def apply_offload(pipe, mode: str, device: str) -> None:
+    """Place ``pipe`` for computing on ``device``: ``none`` moves every component there; ``model`` is
+    diffusers' ``enable_model_cpu_offload`` (one component on the device at a time), ``sequential``
+    its ``enable_sequential_cpu_offload`` (one layer at a time), ``group`` block-level group
+    offload of the denoiser (``enable_group_offload``, one block on the device at a time) and leaf-level
+    group offload (``apply_group_offloading``) of the other model components."""
+    if mode not in OFFLOADS:
+        raise ValueError(f"offload must be one of {', '.join(OFFLOADS)}, got {mode!r}")
+    if mode == "none":
+        pipe.to(device)
+    elif mode == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif mode == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        from diffusers.hooks import apply_group_offloading
+
+        den = _denoiser(pipe)
+        # without prefetch streams: a cached step skips blocks, so the next block to run is not
+        # always the next in order (what stream prefetching assumes)
+        den.enable_group_offload(onload_device=torch.device(device), offload_device=torch.device("cpu"),
+                                 offload_type="block_level", num_blocks_per_group=1)
+        for name, comp in pipe.components.items():
+            if isinstance(comp, torch.nn.Module) and comp is not den:
+                apply_group_offloading(comp, onload_device=torch.device(device), offload_device=torch.device("cpu"),
+                                       offload_type="leaf_level")
+
+
+def load_checkpoint(path: str, device: str, steps: int, prompt: Optional[str], prompt_embeds: Optional[str],
+                    height: Optional[int], width: Optional[int], frames: Optional[int], dtype: Optional[str] = None,
+                    offload: str = "none", cache_dir: Optional[str] = None) -> BenchModel:
+    """A diffusers pipeline folder (``model_index.json``) or hub id (:func:`resolve_checkpoint`), its
+    weights in ``dtype`` (``bf16``/``fp16``/``fp32``; default bf16 on CUDA, fp32 elsewhere), placed by
+    :func:`apply_offload`. ``cache_dir``: the hub cache (default: huggingface_hub's, HF_HUB_CACHE)."""
     from diffusers import DiffusionPipeline
 
-    root = Path(path)
-    index = root / "model_index.json"
-    if not index.is_file():
-        raise SystemExit(f"--checkpoint {path}: not a diffusers pipeline folder (no model_index.json there)")
+    dtype = dtype or ("bf16" if str(device).startswith("cuda") else "fp32")
+    if dtype not in DTYPES:
+        raise SystemExit(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    root = resolve_checkpoint(path, cache_dir)
     # components saved as [null, null] (no text encoder, say) must be passed as None explicitly
-    absent = {k: None for k, v in _json.loads(index.read_text()).items()
+    absent = {k: None for k, v in json.loads((root / "model_index.json").read_text()).items()
               if isinstance(v, list) and len(v) == 2 and v[0] is None and v[1] is None}
-    pipe = DiffusionPipeline.from_pretrained(str(root), **absent).to(device)
+    pipe = DiffusionPipeline.from_pretrained(str(root), dtype=DTYPES[dtype], **absent)  # diffusers >= 0.42: dtype
+    apply_offload(pipe, offload, device)
     kw = dict(num_inference_steps=steps, output_type="pt")
     if prompt_embeds is not None:
         embeds = torch.load(prompt_embeds, map_location=device)
         if not isinstance(embeds, dict) or "prompt_embeds" not in embeds:
             raise SystemExit(f"--prompt-embeds {prompt_embeds}: expected a torch.save'd dict with 'prompt_embeds' "
                              "(and optionally 'negative_prompt_embeds')")
-        kw.update(embeds)
+        kw.update({k: v.to(device, DTYPES[dtype]) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                   for k, v in embeds.items()})
     elif getattr(pipe, "text_encoder", None) is not None:
         kw["prompt"] = prompt or "a red circle moving to the right"
     else:
@@ -146,7 +247,10 @@ def load_checkpoint(path: str, device: str, steps: int, prompt: Optional[str], p
         if v is not None:
             kw[k] = v
     family = "unet" if getattr(pipe, "unet", None) is not None else "dit"
-    return BenchModel(pipe, kw, family, False, f"checkpoint {root.name} ({type(pipe).__name__})")
+    name = root.name if Path(path).expanduser().exists() else path
+    extra = "" if offload == "none" else f", offload {offload}"
+    return BenchModel(pipe, kw, family, False, f"checkpoint {name} ({type(pipe).__name__}, {dtype}{extra})",
+                      device=device)
 
 
 MODELS: Dict[str, Callable] = {
@@ -218,7 +322,7 @@ def _deepcache_pkg(interval=3):
 
 def _ours(policy_fn, memory_fn=None):
     def enable(model, steps):
-        memory = memory_fn(model.pipe) if memory_fn else None
+        memory = memory_fn(model.pipe, model.device) if memory_fn else None
         lightcache.enable(model.pipe, policy=policy_fn(steps), memory=memory)
 
     def disable(model):
@@ -227,14 +331,16 @@ def _ours(policy_fn, memory_fn=None):
     return enable, disable
 
 
-def _mem_plan(pipe):
+def _mem_plan(pipe, device=None):
+    """The bench's memory plan for ``pipe`` computing on ``device`` (default: where the denoiser's
+    parameters are; under --offload they are on the host, so the bench passes its --device)."""
     from lightcache import MemoryPlan
 
     # On CUDA, feature chunk from a byte budget for the widest chunked intermediate (1/32 of the
     # device's memory), not a fixed 256 rows (which cut a Wan2.1-1.3B block at 480p into ~55 pieces).
     # On CPU, the proxies' 256 rows: what puts the Wan proxy's flash+swap denoise peak below the
     # uncached one (1.84 vs 2.12 MiB; the budget's "auto" rows do not split the proxy's 576 tokens).
-    device = next(_denoiser(pipe).parameters()).device
+    device = torch.device(device) if device is not None else next(_denoiser(pipe).parameters()).device
     if device.type == "cuda":
         budget = torch.cuda.get_device_properties(device).total_memory // 32
         return MemoryPlan(swap="on", chunk_size="auto", chunk_budget=budget)
@@ -245,23 +351,31 @@ def _warmup(steps):
     return max(1, round(0.2 * steps))
 
 
+def _hook_names(model) -> set:
+    """(submodule name, diffusers hook name) of every hook on ``model``'s submodules (the root's own
+    registry not counted)."""
+    return {(name, hook) for name, m in model.named_modules() if m is not model
+            for hook in getattr(getattr(m, "_diffusers_hook", None), "hooks", None) or ()}
+
+
 def _hooked_modules(model) -> int:
     """Submodules of ``model`` carrying a diffusers hook (the root's own registry not counted)."""
-    return sum(1 for m in model.modules()
-               if m is not model and getattr(getattr(m, "_diffusers_hook", None), "hooks", None))
+    return len({name for name, _ in _hook_names(model)})
 
 
 def _diffusers_peer(make_config):
     """enable/disable through ``transformer.enable_cache(config)``. A config that hooks no block
-    would silently run the uncached model: that is an error here, not a 1.0x row."""
+    would silently run the uncached model: that is an error here, not a 1.0x row. Only hooks the
+    config added count (under --offload group every block already carries diffusers' offload hook)."""
 
     def enable(model, steps):
         den = getattr(model.pipe, "transformer", None)
         if den is None or not hasattr(den, "enable_cache"):
             raise RuntimeError("the denoiser has no diffusers enable_cache()")
         config = make_config(model, steps)
+        before = _hook_names(den)
         den.enable_cache(config)
-        if _hooked_modules(den) == 0:
+        if not _hook_names(den) - before:
             den.disable_cache()
             raise RuntimeError(f"{type(config).__name__} hooked no module of {type(den).__name__}: nothing would be cached")
 
@@ -329,8 +443,8 @@ def magcache_ratios(model: BenchModel, steps: int) -> List[float]:
     key = ("magcache", steps)
     if key in model.calibration:
         return model.calibration[key]
-    print(f"diffusers-magcache: calibrating mag_ratios first (MagCacheConfig(calibrate=True), one {steps}-step run, "
-          f"seed {CALIBRATION_SEED})", file=sys.stderr)
+    status(f"diffusers-magcache: calibrating mag_ratios first (MagCacheConfig(calibrate=True), one {steps}-step run, "
+           f"seed {CALIBRATION_SEED})")
     den = model.pipe.transformer
     den.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
     printed = io.StringIO()
@@ -498,8 +612,11 @@ class Row:
     method: str
     status: str = "ok"
     settings: dict = field(default_factory=dict)
-    times: List[float] = field(default_factory=list)
-    speedup: Optional[float] = None
+    times: List[float] = field(default_factory=list)  # seconds of each timed repeat
+    time_s: Optional[float] = None  # median of ``times``
+    time_range_s: Optional[List[float]] = None  # [min, max] of ``times``
+    speedup: Optional[float] = None  # median reference time / median time
+    speedup_range: Optional[List[float]] = None  # [min, max] over rounds of reference time / time in that round
     psnr: Optional[float] = None
     ssim: Optional[float] = None
     flicker: Optional[float] = None
@@ -507,6 +624,7 @@ class Row:
     peak_bytes: Dict[str, Optional[int]] = field(default_factory=dict)
     cache_bytes: Dict[str, int] = field(default_factory=dict)
     timeline: List[dict] = field(default_factory=list)
+    note: Optional[str] = None  # what is missing from an "ok" row, and why (printed under the table)
 
 
 def _frames(out) -> torch.Tensor:
@@ -535,8 +653,10 @@ def _latent_batch(args, kwargs) -> Optional[int]:
 
 
 def _metered(model: BenchModel, method: Optional[Method], steps: int, device) -> tuple:
-    """One run with the stage meter on: (video, report). The reference run (``method=None``) also
-    records the denoiser's input batch per call into ``model.denoiser_batches``."""
+    """One run with the stage meter on: (video, report, note). The reference run (``method=None``)
+    also records the denoiser's input batch per call into ``model.denoiser_batches``. A peer beside
+    which lightcache refuses to be enabled, even as a meter only, runs unmetered: report None and
+    ``note`` says why (its speed-up and fidelity still count)."""
     from lightcache import MemoryPlan
 
     track = MemoryPlan(cpu_tracker=device == "cpu", cuda_peaks=device != "cpu")
@@ -547,9 +667,18 @@ def _metered(model: BenchModel, method: Optional[Method], steps: int, device) ->
             lambda mod, args, kwargs: model.denoiser_batches.append(_latent_batch(args, kwargs)), with_kwargs=True)
     else:
         method.enable(model, steps)
+    note = None
     try:
         if method is None or not method.ours:
-            lightcache.enable(model.pipe, policy=None, memory=track)
+            try:
+                lightcache.enable(model.pipe, policy=None, memory=track)
+            except ValueError as exc:  # e.g. lightcache's refusal to stack on another cache
+                if method is None:
+                    raise
+                reason = str(exc).splitlines()[0] if str(exc) else ""
+                note = f"memory not metered: {type(exc).__name__}: {reason[:100]}{'...' if len(reason) > 100 else ''}"
+                _, video = _run(model, device)
+                return video, None, note
         else:  # our method: keep its plan, add the meter
             s = _denoiser(model.pipe)._lightcache_session
             if s.memory is None:
@@ -566,7 +695,7 @@ def _metered(model: BenchModel, method: Optional[Method], steps: int, device) ->
             probe.remove()
         if method is not None and not method.ours:
             method.disable(model)
-    return video, rep
+    return video, rep, note
 
 
 def _fidelity(row: Row, video: torch.Tensor, ref: torch.Tensor) -> None:
@@ -595,7 +724,11 @@ def _time_alternating(model: BenchModel, device, methods: List[Method], rows: Di
                 bar.update()
     ref_t = statistics.median(ref.times)
     for r in [ref, *(rows[m.name] for m in methods)]:
-        r.speedup = ref_t / statistics.median(r.times)
+        r.time_s = statistics.median(r.times)
+        r.time_range_s = [min(r.times), max(r.times)]
+        r.speedup = ref_t / r.time_s
+        rounds = [a / b for a, b in zip(ref.times, r.times)]  # the reference ran first in the same round
+        r.speedup_range = [min(rounds), max(rounds)]
 
 
 def _header(args, model: BenchModel, device) -> dict:
@@ -615,15 +748,19 @@ def _header(args, model: BenchModel, device) -> dict:
 
 
 def _load_model(args) -> BenchModel:
+    t0 = time.perf_counter()
+    status(f"loading {args.checkpoint or args.model} on {args.device} ...")
     if args.checkpoint is not None:
         model = load_checkpoint(args.checkpoint, args.device, args.steps, args.prompt, args.prompt_embeds,
-                                args.height, args.width, args.frames)
+                                args.height, args.width, args.frames, dtype=args.dtype, offload=args.offload)
     elif args.model in SIZED_MODELS:
         model = MODELS[args.model](args.device, args.steps, scale=args.scale, height=args.height, width=args.width,
                                    frames=args.frames)
     else:
         model = MODELS[args.model](args.device, args.steps)
+    model.device = args.device
     model.pipe.set_progress_bar_config(disable=True)
+    status(f"loaded {model.description} in {time.perf_counter() - t0:.1f} s")
     return model
 
 
@@ -649,7 +786,11 @@ def bench(args) -> dict:
             candidates.append(method)
     by_name = {r.method: r for r in rows}
 
-    ref_video, ref_rep = _metered(model, None, args.steps, device)
+    status(f"reference run (uncached, {args.steps} steps, memory meter on) ...")
+    t0 = time.perf_counter()
+    ref_video, ref_rep, _ = _metered(model, None, args.steps, device)
+    status(f"reference run took {time.perf_counter() - t0:.1f} s; next: {len(candidates)} methods, one metered run "
+           f"each, then {args.repeats} timed rounds")
     by_name["none (reference)"].peak_bytes = dict(ref_rep.peak_bytes)
     by_name["none (reference)"].timeline = list(ref_rep.timeline)
     videos = {"none (reference)": ref_video}
@@ -663,15 +804,16 @@ def bench(args) -> dict:
     for method in tqdm(runnable, desc="fidelity + memory", disable=args.no_progress):
         row = by_name[method.name]
         try:
-            video, rep = _metered(model, method, args.steps, device)
+            video, rep, row.note = _metered(model, method, args.steps, device)
         except Exception as exc:  # a peer that fails must not stop the others
             row.status = f"failed: {type(exc).__name__}: {exc}"
             continue
         videos[method.name] = video
-        row.peak_bytes = dict(rep.peak_bytes)
-        row.cache_bytes = dict(rep.cache_bytes)
-        row.timeline = list(rep.timeline)
-        row.reuse_ratio = rep.reuse_ratio if method.ours else None
+        if rep is not None:
+            row.peak_bytes = dict(rep.peak_bytes)
+            row.cache_bytes = dict(rep.cache_bytes)
+            row.timeline = list(rep.timeline)
+            row.reuse_ratio = rep.reuse_ratio if method.ours else None
         if not model.random_weights:
             _fidelity(row, video, ref_video)
 
@@ -684,8 +826,10 @@ def bench(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     print(format_table(result))
-    _plots(result, videos, out)
-    print(f"\nwrote {out / 'results.json'}, pareto.png, memory.png, timeline.png, side_by_side.gif")
+    written = write_plots(result, videos, out)
+    print(f"\nwrote {out / 'results.json'}, {', '.join(written)}")
+    if not bench_plots.ffmpeg_available():
+        print("(no side_by_side.mp4: pip install imageio-ffmpeg for one)")
     return result
 
 
@@ -697,10 +841,16 @@ def _fmt(v, spec, na="n/a"):
     return format(v, spec)
 
 
+def _range(r: Optional[list], spec: str) -> str:
+    return "n/a" if not r else f"{format(r[0], spec)}-{format(r[1], spec)}"
+
+
 def format_table(result: dict) -> str:
+    """The terminal table; README.md ("Results") defines its columns."""
     random = result["random_weights"]
     fid_head = f"{'fidelity':<20}" if random else f"{'PSNR dB':>8} {'SSIM':>6} {'flicker':>8}"
-    head = f"{'method':<22} {'speed-up':>8} {'reuse':>6} {fid_head} {'peak denoise':>13} {'peak decode':>12}  status"
+    head = (f"{'method':<22} {'speed-up':>8} {'min-max':>11} {'time s':>8} {'min-max':>15} {'reuse':>6} {fid_head} "
+            f"{'peak denoise':>13} {'peak decode':>12}  status")
     lines = [f"lightcache bench: {result['model_description']} on {result['device']}, {result['steps']} steps, "
              f"median of {result['repeats']} alternating runs", head, "-" * len(head)]
     for r in result["rows"]:
@@ -712,11 +862,16 @@ def format_table(result: dict) -> str:
             fid = (f"{_fmt(r['psnr'], '8.2f', '-' if ref else 'n/a'):>8} {_fmt(r['ssim'], '6.3f', 'n/a'):>6} "
                    f"{_fmt(r['flicker'], '8.4f', 'n/a'):>8}")
         lines.append(
-            f"{r['method']:<22} {_fmt(r['speedup'], '8.2f'):>8} {_fmt(r['reuse_ratio'], '6.2f'):>6} {fid} "
-            f"{_mb(pk.get('denoise')):>13} {_mb(pk.get('decode')):>12}  {r['status']}"
+            f"{r['method']:<22} {_fmt(r['speedup'], '8.2f'):>8} {_range(r.get('speedup_range'), '.2f'):>11} "
+            f"{_fmt(r.get('time_s'), '8.3f'):>8} {_range(r.get('time_range_s'), '.3f'):>15} "
+            f"{_fmt(r['reuse_ratio'], '6.2f'):>6} {fid} {_mb(pk.get('denoise')):>13} {_mb(pk.get('decode')):>12}  "
+            f"{r['status']}"
         )
     if random:
         lines.append(f"fidelity {RANDOM_WEIGHTS_NA}: against the reference it means nothing, so it is not reported")
+    for r in result["rows"]:
+        if r.get("note"):
+            lines.append(f"note: {r['method']}: {r['note']}")
     return "\n".join(lines)
 
 
@@ -724,72 +879,12 @@ def _mb(b):
     return "n/a" if b is None else f"{b / 2**20:.2f} MiB"
 
 
-def _plots(result: dict, videos: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import imageio.v2 as imageio
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    rows = [r for r in result["rows"] if r["speedup"] is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
-        y = r["psnr"] if r["psnr"] is not None and math.isfinite(r["psnr"]) else None
-        if y is not None:
-            ax.scatter(r["speedup"], y)
-            ax.annotate(r["method"], (r["speedup"], y), fontsize=7)
-    ax.set_xlabel("speed-up vs uncached")
-    ax.set_ylabel("PSNR vs uncached (dB)")
-    ax.set_title("speed vs fidelity" + (" (random weights: no fidelity)" if result["random_weights"] else ""))
-    fig.tight_layout()
-    fig.savefig(out / "pareto.png", dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    stages = ("encode", "denoise", "decode")
-    width = 0.8 / max(1, len(rows))
-    for i, r in enumerate(rows):
-        vals = [(r["peak_bytes"].get(s) or 0) / 2**20 for s in stages]
-        ax.bar([j + i * width for j in range(3)], vals, width, label=r["method"])
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(3)], stages)
-    ax.set_ylabel("peak MiB (CUDA allocator / CPU tracker)")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out / "memory.png", dpi=120)
-    plt.close(fig)
-
-    # memory timeline: the reference and the fastest of our methods
-    ours = [r for r in rows if r["method"] != "none (reference)" and r["reuse_ratio"] is not None and r["timeline"]]
-    best = max(ours, key=lambda r: r["speedup"]) if ours else None
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    for r, style in ((rows[0], "-"), (best, "--")):
-        if r is None or not r["timeline"]:
-            continue
-        t0 = r["timeline"][0]["start_s"]
-        xs, ys = [], []
-        for t in r["timeline"]:
-            xs += [t["start_s"] - t0, t["end_s"] - t0]
-            ys += [(t["peak_bytes"] or 0) / 2**20] * 2
-        ax.plot(xs, ys, style, label=r["method"])
-        for t in r["timeline"]:
-            if t["stage"] != "denoise":
-                ax.axvspan(t["start_s"] - t0, t["end_s"] - t0, alpha=0.08, color="grey")
-    ax.set_xlabel("seconds (shaded: encode/decode)")
-    ax.set_ylabel("peak MiB per stage invocation")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "timeline.png", dpi=120)
-    plt.close(fig)
-
-    names = list(videos)
-    clips = [videos[n].reshape(-1, *videos[n].shape[-4:])[0] for n in names]  # (F, C, H, W)
-    frames = []
-    for f in range(min(c.shape[0] for c in clips)):
-        row = np.concatenate([(c[f].clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8) for c in clips], axis=1)
-        frames.append(row)
-    imageio.mimsave(out / "side_by_side.gif", frames, duration=0.2)
-    (out / "side_by_side.txt").write_text("left to right: " + ", ".join(names) + "\n")
+def write_plots(result: dict, videos: dict, out: Path) -> List[str]:
+    """pareto.png, memory.png, timeline.png and the side-by-side clip (lightcache.bench_plots)."""
+    for name, fig in (("pareto.png", bench_plots.pareto_figure(result)), ("memory.png", bench_plots.memory_figure(result)),
+                      ("timeline.png", bench_plots.timeline_figure(result))):
+        bench_plots.save(fig, out / name)
+    return ["pareto.png", "memory.png", "timeline.png", *bench_plots.write_side_by_side(result, videos, out)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -966,28 +1061,11 @@ def format_sweep(result: dict) -> str:
 
 
 def _sweep_plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, s in result["sweep"].items():
-        pts = sorted((p["speedup"], p["psnr"]) for p in s["points"]
-                     if p["speedup"] is not None and p["psnr"] is not None and math.isfinite(p["psnr"]))
-        if pts:
-            style = "--" if name.startswith(("diffusers-", "cache-dit")) else "-"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=f"{name} ({s['setting']})")
-    t = result["target"]
-    ax.axhline(t["psnr_floor_db"], color="grey", lw=0.8)
-    ax.axvline(t["speedup_goal"], color="grey", lw=0.8)
-    ax.set_xlabel("speed-up vs uncached")
-    ax.set_ylabel("PSNR vs uncached (dB)")
-    ax.set_title("threshold sweeps (solid: lightcache, dashed: peers)")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """sweep.png: every swept setting as a point, each family's Pareto envelope, the target lines."""
+    rows = [p for s in result["sweep"].values() for p in s["points"] if p["status"] == "ok"]
+    fig = bench_plots.pareto_figure({**result, "rows": rows, "random_weights": False}, target=result["target"])
+    fig.axes[0].set_title(bench_plots.figure_title(result, "threshold sweeps (grey lines: the target)"), fontsize=9)
+    bench_plots.save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -995,39 +1073,117 @@ def _sweep_plot(result: dict, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="lightcache bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help=f"one of {', '.join(MODELS)} (default: wan-proxy if trained, "
-                    f"else wan-tiny); {', '.join(SIZED_MODELS)} are realistic-size random-weight configurations "
-                    "(GPU; speed and memory only)")
-    ap.add_argument("--methods", default=None, help="comma-separated (default: all that apply; with --sweep: all "
-                    "sweepable)")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default="bench-out")
+# one line per method for --list-methods
+METHOD_INFO: Dict[str, str] = {
+    "easycache": "lightcache EasyCache: reuses the whole denoiser's output change while the predicted change stays "
+                 "under a threshold (0.05, 20% warm-up)",
+    "precise-base": "lightcache PreciseCache base: skips a step while the low-frequency change of a cheap trial "
+                    "signal stays small (LFCache, alpha 0.5)",
+    "precise-turbo": "lightcache PreciseCache turbo: LFCache with alpha 0.7 (more steps skipped than base)",
+    "precise-flash": "lightcache PreciseCache flash: LFCache alpha 0.7, plus BlockCache inside computed steps (only "
+                     "the 40% pivotal blocks recomputed)",
+    "easycache+mem": "easycache with the memory plan (cache swapped to pinned host memory, feature chunking)",
+    "precise-flash+mem": "precise-flash with the memory plan (cache swapped to pinned host memory, feature chunking)",
+    "deepcache": "lightcache DeepCache: reuses the deep UNet blocks' features between full steps (interval 3)",
+    "deepcache+mem": "deepcache with the memory plan (cache swapped to pinned host memory, feature chunking)",
+    "diffusers-fbc": "diffusers FirstBlockCache: skips the remaining blocks when the first block's residual barely "
+                     "changes",
+    "diffusers-taylorseer": "diffusers TaylorSeer: forecasts attention and FFN outputs by Taylor extrapolation "
+                            "between full steps",
+    "diffusers-pab": "diffusers PyramidAttentionBroadcast: reuses spatial attention outputs across steps",
+    "diffusers-magcache": "diffusers MagCache: skips steps by the output-magnitude ratio curve (calibrated first by "
+                          "diffusers' own calibration run)",
+    "diffusers-fastercache": "diffusers FasterCache: attention reuse plus approximated unconditional branch (needs "
+                             "both guidance branches in one batch)",
+    "cache-dit": "cache-dit's enable_cache with its defaults (pip install cache-dit)",
+    "deepcache-pkg": "the DeepCache package's DeepCacheSDHelper (pip install DeepCache)",
+}
+
+
+def list_methods() -> str:
+    """The table --list-methods prints: name, models it applies to, whether it can run here, description."""
+    lines = [f"{'method':<22} {'applies to':<10} {'installed':<28} description"]
+    for name in METHODS:
+        try:
+            m = make_method(name)
+            reason = m.unavailable()
+            fams = "/".join("DiT" if f == "dit" else "UNet" for f in m.families)
+        except ImportError as exc:  # a diffusers too old for this peer's config class
+            reason, fams = f"no: {exc}", "?"
+        installed = "yes" if reason is None else reason.replace("not installed", "no")
+        lines.append(f"{name:<22} {fams:<10} {installed:<28} {METHOD_INFO[name]}")
+    lines.append(f"default: all of them that apply to the model; --quick: {', '.join(QUICK_METHODS)}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lightcache bench", description=__doc__.splitlines()[0].replace("``", ""),
+                                 formatter_class=cli.HelpFormatter)
+    ap.add_argument("--model", default=None, help=f"one of {', '.join(MODELS)}; {', '.join(SIZED_MODELS)} are "
+                    "realistic-size random-weight configurations (GPU; speed and memory only) (default: wan-proxy "
+                    "if its trained weights are installed, else wan-tiny)")
+    ap.add_argument("--methods", default=None, metavar="NAME[,NAME...]",
+                    help=f"comma-separated, from: {', '.join(METHODS)} (--list-methods describes them) (default: all "
+                    "that apply; --quick: " + ", ".join(QUICK_METHODS) + "; --sweep: " + ", ".join(SWEEPS) + ")")
+    ap.add_argument("--list-methods", action="store_true",
+                    help="print every method with a description, the models it applies to and whether it is "
+                    "installed, and exit")
+    ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: 20; 10 with --quick)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds; every round runs the reference, then each "
+                    "method; speed-up is the median, the table shows min-max beside it")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="torch device to compute on")
+    ap.add_argument("--out", default="bench-out", help="folder for results.json, the plots and the side-by-side clip")
     ap.add_argument("--quick", action="store_true", help="a small run (< 2 min on CPU) for smoke tests")
     ap.add_argument("--scale", choices=bench_models.SCALES, default=None,
                     help=f"for {', '.join(SIZED_MODELS)}: full (published sizes, GPU) or tiny (the same pipeline "
-                    "code shrunk, runs on CPU); default full")
+                    "code shrunk, runs on CPU) (default: full)")
     ap.add_argument("--sweep", action="store_true", help="sweep each threshold-like method over a few settings and "
                     "compare PSNR at matched speed-up (needs trained weights)")
     ap.add_argument("--sweep-points", type=int, default=None, metavar="N",
-                    help="with --sweep: N settings per method, spread over its grid (default: the whole grid)")
-    ap.add_argument("--checkpoint", default=None, metavar="DIR",
-                    help="a local diffusers pipeline folder to benchmark instead of --model")
-    ap.add_argument("--prompt", default=None, help="with --checkpoint: the prompt (needs the pipeline's text encoder)")
+                    help="with --sweep: N settings per method, spread over its grid (default: the whole grid; "
+                    "2 with --quick)")
+    ap.add_argument("--checkpoint", default=None, metavar="DIR_OR_HUB_ID",
+                    help="a diffusers pipeline to benchmark instead of --model: a local folder (model_index.json) or a "
+                    "hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers, taken from the local hub cache when it is there "
+                    "(no network), else downloaded unless HF_HUB_OFFLINE is set (default: none, use --model)")
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default=None,
+                    help="with --checkpoint: the weights' dtype (default: bf16 on CUDA, fp32 on CPU)")
+    ap.add_argument("--offload", choices=OFFLOADS, default="none",
+                    help="with --checkpoint on an accelerator: model (diffusers enable_model_cpu_offload), group "
+                    "(group offload, one denoiser block on the device at a time), sequential "
+                    "(enable_sequential_cpu_offload)")
+    ap.add_argument("--prompt", default=None, help="with --checkpoint: the prompt, encoded by the pipeline's text "
+                    "encoder (default: 'a red circle moving to the right')")
     ap.add_argument("--prompt-embeds", default=None, metavar="FILE",
-                    help="with --checkpoint: torch.save'd dict of prompt_embeds (+ negative_prompt_embeds)")
-    for flag in ("--height", "--width", "--frames"):
+                    help="with --checkpoint: torch.save'd dict of prompt_embeds (+ negative_prompt_embeds), for "
+                    "pipelines saved without a text encoder (default: none, use --prompt)")
+    for flag, what in (("--height", "pixels"), ("--width", "pixels"), ("--frames", "frames")):
         ap.add_argument(flag, type=int, default=None,
-                        help="clip size for --checkpoint and the realistic-size models (default: theirs)")
-    ap.add_argument("--no-progress", action="store_true")
+                        help=f"clip {what} for --checkpoint and the realistic-size models (default: the "
+                        "pipeline's or the configuration's)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars (status lines still go to stderr)")
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads on CPU (default 1: steadier timings on shared machines)")
+                    help="torch intra-op threads on CPU (1: steadier timings on shared machines)")
+    return ap
+
+
+def main(argv=None):
+    ap = build_parser()
     args = ap.parse_args(argv)
+    if args.list_methods:
+        print(list_methods())
+        return {"methods": list(METHODS)}
     if args.checkpoint is not None and args.model is not None:
         ap.error("give --model or --checkpoint, not both")
+    if args.checkpoint is None:
+        for flag, value, default in (("--dtype", args.dtype, None), ("--offload", args.offload, "none"),
+                                     ("--prompt", args.prompt, None), ("--prompt-embeds", args.prompt_embeds, None)):
+            if value != default:
+                ap.error(f"{flag} applies to --checkpoint (the --model configurations pick their own)")
+    if args.offload != "none" and args.device == "cpu":
+        ap.error(f"--offload {args.offload} moves weights between host memory and an accelerator; with --device cpu "
+                 "there is none (use --offload none, or --device cuda)")
     if args.checkpoint is not None:
         args.model = "checkpoint"
     elif args.model is None:

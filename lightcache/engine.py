@@ -180,11 +180,12 @@ class Session:
 
     def new_run(self, num_steps: Optional[int] = None) -> None:
         """A fresh pipeline call: every cached feature and decision of the previous one is dropped."""
-        try:  # another cache added since enable() (diffusers' enable_cache, cache-dit): refuse the call
-            check_no_foreign_cache(self.denoiser, self.pipe, when="call")
-        except CacheStackingError:
-            self.end_run(failed=True)
-            raise
+        if self.policy is not None:  # another cache added since enable() (diffusers, cache-dit): refuse the call
+            try:
+                check_no_foreign_cache(self.denoiser, self.pipe, when="call")
+            except CacheStackingError:
+                self.end_run(failed=True)
+                raise
         self.release_run_state()
         if self.last_stage != "encode":  # this pipeline call had no encode stage before denoising
             self._new_report()

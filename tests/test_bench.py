@@ -23,7 +23,12 @@ def test_quick_bench_writes_table_json_and_plots(tmp_path, capsys):
         assert rows[name]["status"] == "ok", rows[name]
         assert len(rows[name]["times"]) == 3 and rows[name]["speedup"] > 0
         assert rows[name]["psnr"] is None  # random weights: no fidelity numbers
-        assert rows[name]["peak_bytes"]["denoise"] > 0  # CPU tracker
+        if rows[name]["note"] is None:
+            assert rows[name]["peak_bytes"]["denoise"] > 0  # CPU tracker
+        else:  # a peer lightcache refuses to meter (stacking guard): unmetered, said under the table
+            assert rows[name]["note"].startswith("memory not metered: CacheStackingError: ") and not name.startswith(
+                ("easycache", "precise", "none"))
+            assert rows[name]["peak_bytes"] == {} and f"note: {name}: memory not metered" in out
         if name != "none (reference)":  # the table's fidelity column says why there are no numbers
             assert f"{name} " in out and bench.RANDOM_WEIGHTS_NA in out.split(f"\n{name} ")[1].splitlines()[0]
     assert data["fidelity"] == "n/a (random weights)"
@@ -40,8 +45,18 @@ def test_quick_bench_writes_table_json_and_plots(tmp_path, capsys):
 
     expected = "ok" if importlib.util.find_spec("cache_dit") else "not installed (pip install cache-dit)"
     assert rows["cache-dit"]["status"] == expected
-    for f in ("pareto.png", "memory.png", "timeline.png", "side_by_side.gif"):
+    for f in ("pareto.png", "memory.png", "timeline.png", "side_by_side.gif", "side_by_side.png"):
         assert (tmp_path / f).stat().st_size > 0
+    assert (tmp_path / "side_by_side.mp4").exists() == (importlib.util.find_spec("imageio_ffmpeg") is not None)
+    # the spread of the timed repeats beside the medians, in the table and results.json
+    assert out.splitlines()[1].split()[:5] == ["method", "speed-up", "min-max", "time", "s"]
+    for name in ("easycache", "diffusers-fbc"):
+        r = rows[name]
+        assert r["time_range_s"] == [min(r["times"]), max(r["times"])] and r["time_s"] == sorted(r["times"])[1]
+        lo, hi = r["speedup_range"]
+        assert lo <= r["speedup"] <= hi or math.isclose(lo, hi)
+        cells = out.split(f"\n{name} ")[1].split()
+        assert cells[1] == f"{lo:.2f}-{hi:.2f}" and cells[3] == f"{min(r['times']):.3f}-{max(r['times']):.3f}"
     assert [r["method"] for r in result["rows"]] == list(rows)
 
 
@@ -127,7 +142,12 @@ def test_realistic_config_runs_tiny_scale_through_the_bench(name, tmp_path, caps
     assert bench.RANDOM_WEIGHTS_NA in out
     for row in rows.values():
         if row["status"] == "ok":
-            assert row["speedup"] > 0 and row["psnr"] is None and row["peak_bytes"]["denoise"] > 0
+            assert row["speedup"] > 0 and row["psnr"] is None
+            if row["note"] is None:
+                assert row["peak_bytes"]["denoise"] > 0
+            else:  # a peer lightcache refuses to meter (stacking guard)
+                assert row["note"].startswith("memory not metered: ") and row["peak_bytes"] == {}
+                assert row["method"].startswith("diffusers-")
     assert rows[_TINY_METHODS[family]]["status"] == "ok"
     if name == "cogvideox-5b":  # CogVideoX batches uncond + cond: FasterCache runs
         assert rows["diffusers-fastercache"]["status"] == "ok"

@@ -86,7 +86,7 @@ def test_enable_refuses_diffusers_cache_hooks_applied_directly(wan):
     try:
         assert model._cache_config is None
         with pytest.raises(CacheStackingError, match=r"FirstBlockCache hook 'fbc_leader_block_hook' on pipe\.transformer\.blocks\.0"):
-            lightcache.enable(pipe)
+            lightcache.enable(pipe, policy=lightcache.EasyCache())
         _untouched(pipe)
     finally:
         for name in ("fbc_block_hook", "fbc_leader_block_hook"):
@@ -171,7 +171,7 @@ def test_diffusers_cache_added_after_enable_is_refused_at_the_next_call(wan, con
 
 def test_cache_dit_added_after_enable_is_refused_at_the_next_call(wan):
     pipe, kwargs, ref = wan
-    lightcache.enable(pipe)
+    lightcache.enable(pipe, policy=lightcache.EasyCache(threshold=0.0, warmup_steps=0))  # never reuses
     try:
         undo = _mark_cache_dit(pipe, "transformer")
         try:
@@ -179,7 +179,7 @@ def test_cache_dit_added_after_enable_is_refused_at_the_next_call(wan):
                 run(pipe, kwargs)
         finally:
             undo()
-        assert torch.equal(run(pipe, kwargs), ref)  # no policy: the pipeline's own output
+        assert torch.equal(run(pipe, kwargs), ref)  # a policy that never reuses: the pipeline's own output
     finally:
         lightcache.disable(pipe)
 
@@ -191,7 +191,7 @@ def test_bare_denoiser_refuses_a_cache_added_after_enable(wan):
     pipe, kwargs, _ = wan
     (args, kw), = denoiser_calls(pipe, kwargs, n=1)
     model = pipe.transformer
-    lightcache.enable(model)
+    lightcache.enable(model, policy=lightcache.EasyCache(threshold=0.0, warmup_steps=0))
     try:
         for i in range(2):
             with model.cache_context("cond", step_index=i, num_inference_steps=2):
@@ -209,3 +209,19 @@ def test_bare_denoiser_refuses_a_cache_added_after_enable(wan):
 def test_public_names():
     assert lightcache.CacheStackingError is CacheStackingError and issubclass(CacheStackingError, ValueError)
     assert {"history", "CacheStackingError"} <= set(lightcache.__all__)
+
+
+def test_a_memory_plan_alone_may_sit_beside_a_diffusers_cache(wan):
+    """policy=None caches nothing: the bench meters a peer's memory this way, in both orders."""
+    pipe, kwargs, _ = wan
+    pipe.transformer.enable_cache(_configs(STEPS)["FirstBlockCacheConfig"]())
+    try:
+        peer = run(pipe, kwargs)
+        lightcache.enable(pipe, memory=lightcache.MemoryPlan(cpu_tracker=True))
+        try:
+            assert torch.equal(run(pipe, kwargs), peer)
+            assert lightcache.report(pipe).peak_bytes["denoise"] > 0
+        finally:
+            lightcache.disable(pipe)
+    finally:
+        pipe.transformer.disable_cache()
