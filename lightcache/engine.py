@@ -14,6 +14,7 @@ lightcache.parallel.
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from typing import Any, List, Optional
@@ -229,8 +230,9 @@ class Session:
         self._call_args = None
         self.in_trial = False
         if store is not None:
-            if not self.recorder.closed:
-                self.recorder.set_cache_bytes(store.cache_bytes())
+            if not self.recorder.closed:  # high-water marks over the call's runs (one per segment)
+                before = self.recorder.cache_bytes
+                self.recorder.set_cache_bytes({k: max(v, before.get(k, 0)) for k, v in store.cache_bytes().items()})
             if keep_rings:
                 store.clear(keep_rings=True)
                 self._kept_store = store
@@ -272,7 +274,12 @@ class Session:
             record_call_end(self, self.recorder)
 
     def _new_report(self) -> None:
-        """A new pipeline call: fresh report and a fresh CPU byte count for its stages."""
+        """A new pipeline call: fresh report and a fresh CPU byte count for its stages. Within a
+        pipeline call (its report not closed yet by maybe_free_model_hooks) a later run -- Wan
+        Animate's scheduler reset after each segment, an encode between segments -- keeps the
+        call's report."""
+        if self.taps is not None and not self.recorder.closed:
+            return
         self._close_recorder()  # a run that never ended (a denoiser driven by hand) still counts
         self.recorder = Recorder(num_blocks=len(self.blocks))
         self.run_bytes = None
@@ -585,7 +592,7 @@ class _PipelineTaps:
 
             return set_timesteps
 
-        def tap_step(original):
+        def tap_step(original, copied=False):
             def step(*args, **kwargs):
                 try:
                     result = original(*args, **kwargs)
@@ -594,14 +601,32 @@ class _PipelineTaps:
                         session.end_run(failed=True)
                     raise
                 for session in sessions:
-                    session.end_step()
+                    # copies of the scheduler (SkyReels-V2 diffusion forcing: one per latent frame,
+                    # each stepped after the step's denoiser calls) end the step once between them
+                    if not copied or session._step_of_calls == session.step:
+                        session.end_step()
                 return result
 
             return step
 
+        def deepcopy_untapped(memo):
+            # copy.deepcopy keeps functions as they are, so a copy would hold this scheduler's
+            # tapped methods (stepping this scheduler, not itself): it gets its own methods, its
+            # step tapped (a copy lives for one pipeline call; it is not undone by disable())
+            cls = type(scheduler)
+            clone = cls.__new__(cls)
+            memo[id(scheduler)] = clone
+            state = {k: v for k, v in vars(scheduler).items() if k not in ("set_timesteps", "step", "__deepcopy__")}
+            clone.__dict__.update(copy.deepcopy(state, memo))
+            clone.step = tap_step(clone.step, copied=True)
+            return clone
+
         hooks = HookSet()
         hooks.wrap_method(scheduler, "set_timesteps", tap_set_timesteps)
         hooks.wrap_method(scheduler, "step", tap_step)
+        if "__deepcopy__" not in vars(scheduler):  # copy.deepcopy looks __deepcopy__ up on the instance
+            scheduler.__deepcopy__ = deepcopy_untapped
+            hooks.add_undo(lambda: vars(scheduler).pop("__deepcopy__", None))
         self.scheduler, self._scheduler_hooks = scheduler, hooks
 
     def _untap_scheduler(self) -> None:

@@ -577,6 +577,18 @@ def test_unrecognised_models_are_refused_at_enable_naming_each_candidate():
         models.adapter_for(nn.Linear(2, 2))
 
 
+def test_an_unregistered_unet_is_refused_not_read_as_a_dit():
+    """Its up blocks return hidden_states (a named input), but change resolution and take skip
+    connections: not blocks to cache residuals of."""
+    from diffusers import UNet2DModel
+
+    unet = UNet2DModel(block_out_channels=(8, 8), norm_num_groups=4, layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    with pytest.raises(ValueError, match=r"no adapter for UNet2DModel.*it is a UNet \(down_blocks and up_blocks\)"):
+        lightcache.enable(unet, policy=EasyCache())
+    assert session_of(unet) is None
+
+
 class Packed(ToyDiT):
     """Takes its latent as (B, L, C) tokens: no 5-D layout to infer."""
 

@@ -447,6 +447,12 @@ def _build(model: nn.Module) -> GenericAdapter:
     name = cls.__name__
     if not isinstance(model, nn.Module):
         raise GenericAdapterRefusal(name, "it is not a torch module")
+    if isinstance(getattr(model, "down_blocks", None), nn.ModuleList) and isinstance(getattr(model, "up_blocks", None), nn.ModuleList):
+        # a UNet's up blocks change resolution and take skip connections: no residual of theirs is a
+        # feature to reuse, and DeepCache needs the family's skip structure
+        raise GenericAdapterRefusal(name, "it is a UNet (down_blocks and up_blocks); the generic adapter covers "
+                                          "DiTs only: register a UNet adapter (ModelAdapter(unet=True, "
+                                          "block_lists=lightcache.models.UNET_BLOCK_LISTS)) for DeepCache")
     candidates = [_judge(n, m) for n, m in model.named_children() if isinstance(m, nn.ModuleList)]
     accepted = [c.name for c in candidates if c.reason is None]
     uses, together = _first_uses(cls, accepted)

@@ -1,0 +1,93 @@
+"""LTX-2 (LTX2Pipeline): a tiny random-weight pipeline, built offline from configs (transformer,
+text connectors, video VAE, audio VAE, vocoder; precomputed prompt embeddings, no Gemma).
+
+Not collected (the leading underscore) and no lightcache family is registered for
+LTX2VideoTransformer3DModel yet: its denoiser returns two predictions (video, audio), and
+lightcache/engine.py reuses only the first -- a reused call returns ``(video,)`` under
+``return_dict=False`` and the pipeline's ``noise_pred_video, noise_pred_audio = ...`` fails
+("not enough values to unpack (expected 2, got 1)"); with a tuple template it would return the
+last computed call's audio prediction. Its default guidance also makes three denoiser calls a step
+in contexts "cond_uncond", "uncond_stg", "uncond_modality", which the engine all names branch
+"joint" (refused as a repeated branch); STG and modality guidance are off here. It deep-copies its
+scheduler for the audio latents (the scheduler-copy change the SkyReels-V2 diffusion-forcing
+pipeline needs applies). See the family report.
+"""
+
+from tiny_pipelines import _mask, _Seeder
+
+FAMILY = "ltx2"
+
+
+def build(s: _Seeder):
+    from diffusers import (
+        AutoencoderKLLTX2Audio,
+        AutoencoderKLLTX2Video,
+        FlowMatchEulerDiscreteScheduler,
+        LTX2Pipeline,
+        LTX2VideoTransformer3DModel,
+    )
+    from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+
+    text_dim, factor, seq, mel_bins, audio_z = 16, 2, 8, 16, 4
+    s()
+    # packed audio tokens: audio_z channels x mel_bins // 4 latent mel bins
+    transformer = LTX2VideoTransformer3DModel(
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
+        cross_attention_dim=16, audio_in_channels=audio_z * mel_bins // 4, audio_out_channels=audio_z * mel_bins // 4,
+        audio_num_attention_heads=2, audio_attention_head_dim=8, audio_cross_attention_dim=16, num_layers=2,
+        caption_channels=text_dim, vae_scale_factors=(8, 8, 8),
+    )
+    s()
+    connectors = LTX2TextConnectors(
+        caption_channels=text_dim, text_proj_in_factor=factor, video_connector_num_attention_heads=2,
+        video_connector_attention_head_dim=8, video_connector_num_layers=1,
+        video_connector_num_learnable_registers=None,
+        audio_connector_num_attention_heads=2, audio_connector_attention_head_dim=8, audio_connector_num_layers=1,
+        audio_connector_num_learnable_registers=None, connector_rope_base_seq_len=32,
+    )
+    s()
+    # the decoder's three spatio-temporal upsamplers give 8x in time and space; the ratios are set to
+    # match (text-to-video never runs the encoder)
+    vae = AutoencoderKLLTX2Video(
+        latent_channels=8, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 16, 32),
+        layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1), spatio_temporal_scaling=(True,) * 4,
+        decoder_spatio_temporal_scaling=(True,) * 3, decoder_inject_noise=(False,) * 4, upsample_factor=(2, 2, 2),
+        patch_size=1, patch_size_t=1, spatial_compression_ratio=8, temporal_compression_ratio=8,
+    )
+    vae.use_framewise_encoding = False
+    vae.use_framewise_decoding = False
+    s()
+    audio_vae = AutoencoderKLLTX2Audio(
+        base_channels=audio_z * mel_bins // 4, output_channels=2, ch_mult=(1, 2), num_res_blocks=1, in_channels=2,
+        latent_channels=audio_z, mel_bins=mel_bins, resolution=32,
+    )
+    s()
+    vocoder = LTX2Vocoder(
+        in_channels=2 * mel_bins, hidden_channels=8, out_channels=2, upsample_kernel_sizes=[4, 4],
+        upsample_factors=[2, 2], resnet_kernel_sizes=[3], resnet_dilations=[[1]],
+    )
+    pipe = LTX2Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae, text_encoder=None, tokenizer=None,
+        connectors=connectors, transformer=transformer, vocoder=vocoder,
+    )
+    kwargs = dict(
+        prompt_embeds=s.randn(1, seq, text_dim * factor),
+        prompt_attention_mask=_mask(seq, 6),
+        negative_prompt_embeds=s.randn(1, seq, text_dim * factor),
+        negative_prompt_attention_mask=_mask(seq, 3),
+        height=32,
+        width=32,
+        num_frames=9,
+        frame_rate=8.0,
+        guidance_scale=3.0,
+        # one (batched cond/uncond) denoiser call a step: no spatio-temporal or modality guidance
+        stg_scale=0.0,
+        modality_scale=1.0,
+        audio_stg_scale=0.0,
+        audio_modality_scale=1.0,
+    )
+    return pipe, kwargs
+
+
+MATRIX = dict(notes="not collected: see the module docstring")
