@@ -38,8 +38,14 @@ DENOISER_HOOK = "lightcache.denoiser"
 BLOCK_HOOK = "lightcache.block"
 _SESSION_ATTR = "_lightcache_session"
 # cache_context names -> branch: the classic pipelines' "cond"/"uncond", diffusers' guiders'
-# "pred_cond"/"pred_uncond"; any other context name is one joint call
-_BRANCH_NAMES = {"cond": "cond", "uncond": "uncond", "pred_cond": "cond", "pred_uncond": "uncond"}
+# "pred_cond"/"pred_uncond", one batched call "cond_uncond" ("joint"); any other name (LTX-2's
+# "uncond_stg", "uncond_modality") is a branch of its own
+_BRANCH_NAMES = {"cond": "cond", "uncond": "uncond", "pred_cond": "cond", "pred_uncond": "uncond",
+                 "cond_uncond": "joint"}
+
+
+def _branch_of(name: Optional[str]) -> Optional[str]:
+    return None if name is None else _BRANCH_NAMES.get(name, name)
 # (component or None for the pipeline itself, method, stage): the pipeline calls these through
 # attributes, so instance-level wrappers see every invocation
 _STAGE_METHODS = (
@@ -329,7 +335,7 @@ class Session:
         changes (or a branch repeats), a new run when it goes up. The number of steps is unknown
         (policies that need it say so). Costs one host read of the timestep per call."""
         t = self.adapter.timestep_value(args, kwargs)
-        branch = _BRANCH_NAMES.get(name, "joint") if name is not None else "joint"
+        branch = _branch_of(name) or "joint"
         if not self.run_active or (self._last_t is not None and t > self._last_t):
             self.new_run(None)
             self.step = 0
@@ -360,7 +366,7 @@ class Session:
         if self._step_of_calls != self.step:
             self._step_of_calls = self.step
             self._calls_in_step = []
-        branch = _BRANCH_NAMES.get(name, "joint") if name is not None else None
+        branch = _branch_of(name)
         if branch is None:
             branch = "joint" if not self._calls_in_step else f"call{len(self._calls_in_step)}"
         if branch in self._calls_in_step:

@@ -33,7 +33,8 @@ class Decision:
     """One denoiser call.
 
     step: the denoising step index (from the pipeline's own loop).
-    branch: "cond", "uncond" (classifier-free guidance as two calls) or "joint" (one call per step).
+    branch: "cond", "uncond" (classifier-free guidance as two calls), "joint" (one call per step), or
+        the pipeline's own context name for a further guidance call (LTX-2's "uncond_stg").
     computed: the denoiser ran, fully or partly (see blocks_computed); False: its output was reused.
     blocks_computed: blocks that ran in this call (0 for a reused call; a trial forward's blocks
         are not counted).

@@ -381,3 +381,32 @@ def test_cuda_pipeline_call_keeps_users_peak_counter():
         assert lightcache.report(pipe).seconds["denoise"] > 0
     finally:
         lightcache.disable(pipe)
+
+
+def test_context_names_map_to_branches_and_further_guidance_calls_follow_the_leader():
+    """cache_context names: "cond_uncond" is the one batched call ("joint"); diffusers guiders'
+    "pred_cond"/"pred_uncond" are cond/uncond; a further name (LTX-2's "uncond_stg") is a branch of
+    its own, following its step's leader."""
+    from tiny_pipelines import denoiser_calls
+
+    pipe, kwargs = build("wan")
+    (args, kw), = denoiser_calls(pipe, kwargs, n=1)
+    model = pipe.transformer
+    steps = 4
+    for names, branches in ((("cond_uncond", "uncond_stg", "uncond_modality"), ["joint", "uncond_stg", "uncond_modality"]),
+                            (("pred_cond", "pred_uncond"), ["cond", "uncond"])):
+        lightcache.enable(model, policy=lightcache.EasyCache(threshold=10.0, warmup_steps=1))
+        try:
+            for i in range(steps):
+                step_kw = dict(kw, hidden_states=kw["hidden_states"] * (1 - 0.1 * i))  # a latent that moves
+                for name in names:
+                    with model.cache_context(name, step_index=i, num_inference_steps=steps):
+                        model(*args, **step_kw)
+            rep = lightcache.report(model)
+        finally:
+            lightcache.disable(model)
+        assert [d.branch for d in rep.decisions] == branches * steps
+        computed = rep.computed_steps()
+        per_step = [computed[i * len(names):(i + 1) * len(names)] for i in range(steps)]
+        assert all(len(set(s)) == 1 for s in per_step), per_step  # followers take the leader's decision
+        assert not all(computed) and computed[0]

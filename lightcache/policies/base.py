@@ -36,7 +36,9 @@ class CallInfo:
 
     step: int  # denoising step index, from the pipeline's own loop
     num_steps: Optional[int]  # total steps of this run, when known
-    branch: str  # "cond", "uncond" (separate CFG calls) or "joint" (one call for the step)
+    # "cond", "uncond" (separate CFG calls), "joint" (one call for the step), or the pipeline's own
+    # context name (a further guidance call, e.g. LTX-2's "uncond_stg")
+    branch: str
     leader: bool  # first call of its step: the call that makes the step's decision
 
     @property
