@@ -672,7 +672,9 @@ assert tuple(_BUILDERS) == FAMILIES
 class MatrixInfo(dict):
     """How tests/test_matrix.py runs a family. Keys: kind ("dit" or "unet"), inexact_decode (its
     decode slices warn), decode_slices (slices that are exact), chunk (rows per chunk that split
-    its tiny pipeline), no_cfg (call kwargs that turn guidance off), frames (a smaller frame count
+    its tiny pipeline; None: chunking has nothing to split in it, no "chunk" cells and "all" goes
+    without chunk_size), no_cfg (call kwargs that turn guidance off; None: no call argument does,
+    no CFG-off cell), frames (a smaller frame count
     for the second-call variant; None: the variant is skipped with the reason in ``notes``),
     variant_extra (kwargs added to the "frames" variant), batch2 (False: the pipeline takes one
     prompt a call), cfg_calls (denoiser calls a step with guidance on: 1 where the pipeline batches
