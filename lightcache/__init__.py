@@ -29,6 +29,7 @@ _LAZY = {
     "MemoryPlan": "lightcache.memory",
     "plan": "lightcache.simulate",
     "supported": "lightcache.models.support",
+    "calibrate": "lightcache.calibrate",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -217,9 +217,9 @@ def test_blockcache_pivotal_choice_and_refresh_window():
         for j, blk in enumerate(blocks):
             h = block_call(policy, state, call, j, blk, h, ran)
         ran_per_step.append(ran)
-    # refresh steps (0, 3, 6) run every block; the others only the top ceil(0.4·5) = 2 by mean|D_j|
+    # refresh steps (0, 4) run every block (1 refresh + L = 3 pivotal-only steps); the others only the top ceil(0.4·5) = 2 by mean|D_j|
     for t, ran in enumerate(ran_per_step):
-        assert ran == ([0, 1, 2, 3, 4] if t % 3 == 0 else [1, 3]), (t, ran)
+        assert ran == ([0, 1, 2, 3, 4] if t % 4 == 0 else [1, 3]), (t, ran)
 
 
 def test_blockcache_reused_block_is_input_plus_cached_residual():

@@ -6,9 +6,12 @@ is accumulated over reused steps: A += s_t. The step is recomputed when A > α �
 (then A = 0); otherwise the step returns the branch's cached prediction v_i.
 
 BlockCache. Inside computed steps, per block j and stream the residual D_j = out_j − in_j is kept.
-Every ``refresh_steps``-th computed step runs all blocks and ranks them by mean|D_j| (all streams);
-the top ``block_ratio`` fraction are pivotal and are the only blocks recomputed in the following
-computed steps of the window; the others return in_j + D_j.
+A refresh step runs all blocks and ranks them by mean|D_j| (all streams); the top ``block_ratio``
+fraction are pivotal and are the only blocks recomputed in the next L = ``refresh_steps``
+computed steps (the paper's "for the next L computed steps"); the others return in_j + D_j. The
+computed step after those L refreshes again: a window is 1 refresh + L pivotal-only steps, so
+the refreshes are the branch's computed steps 0, L + 1, 2(L + 1), ... (steps LFCache reuses do
+not count).
 
 Choices the paper leaves open, each a parameter:
   * signal: "trial" = the prediction of a trial forward on the latent average-pooled by
@@ -94,9 +97,9 @@ class PreciseCache(CachePolicy):
     LFCache: after warm-up, each step's signal s_t = ‖LP(F_t − F_{t−1})‖₂ is added to A; the step
     is recomputed when A > alpha · (the largest s so far in the run), then A = 0; otherwise it
     returns the branch's cached prediction. BlockCache (``block_ratio`` set): every
-    ``refresh_steps``-th computed step runs all blocks and ranks them by mean|out_j − in_j|; the
-    top ``block_ratio`` fraction run in the computed steps until the next refresh, the others
-    return in_j + (cached out_j − in_j).
+    refresh step runs all blocks and ranks them by mean|out_j − in_j|; the top ``block_ratio``
+    fraction are the only blocks run in the next ``refresh_steps`` computed steps, the others
+    return in_j + (cached out_j − in_j); then the next computed step refreshes.
 
     Args:
         mode (str, defaults to "turbo"): a preset for ``alpha`` and ``block_ratio``: "base"
@@ -107,8 +110,9 @@ class PreciseCache(CachePolicy):
         block_ratio (float, optional, defaults to the mode's: None for "base" and "turbo", 0.4
             for "flash"): the fraction of blocks recomputed in computed steps, in (0, 1]; None or
             1.0 runs every block (no BlockCache).
-        refresh_steps (int, defaults to 3): BlockCache re-ranks the blocks every this many computed
-            steps of a branch (L), >= 1.
+        refresh_steps (int, defaults to 3): L, the computed steps of a branch that run only the
+            pivotal blocks after each refresh (ranking) step, >= 1: a window is L + 1 computed
+            steps.
         warmup_ratio (float, defaults to 0.1): the first ceil(warmup_ratio · num_steps) steps (at
             least 1) are always computed, in [0, 1]. Needs the number of steps: enable on the
             pipeline, or pass ``num_inference_steps`` through ``cache_context``.
@@ -293,7 +297,8 @@ class PreciseCache(CachePolicy):
         n = state.computed_count.get(call.branch, 0)
         state.computed_count[call.branch] = n + 1
         has_ranking = call.branch in state.pivotal or call.branch in state.pending_rank
-        state.refreshing[call.branch] = (n % self.refresh_steps == 0) or not has_ranking
+        # a window: 1 refresh + refresh_steps pivotal-only computed steps of this branch
+        state.refreshing[call.branch] = (n % (self.refresh_steps + 1) == 0) or not has_ranking
         if state.refreshing[call.branch]:
             state.block_scores = {k: v for k, v in state.block_scores.items() if k[0] != call.branch}
         else:
