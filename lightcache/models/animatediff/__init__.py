@@ -11,5 +11,10 @@ ANIMATEDIFF = register_family(
             unet=True,
         ),
         slicers={"AutoencoderKL": PerFrameSlicer},
+        pipelines=(
+            "AnimateDiffControlNetPipeline", "AnimateDiffPAGPipeline", "AnimateDiffPipeline",
+            "AnimateDiffSDXLPipeline", "AnimateDiffSparseControlNetPipeline",
+            "AnimateDiffVideoToVideoControlNetPipeline", "AnimateDiffVideoToVideoPipeline", "PIAPipeline",
+        ),
     )
 )

@@ -18,5 +18,9 @@ COGVIDEOX = register_family(
         ),
         chunking={"CogVideoXBlock": CogVideoXChunking()},
         slicers={"AutoencoderKLCogVideoX": CogVideoXSlicer},
+        pipelines=(
+            "CogVideoXFunControlPipeline", "CogVideoXImageToVideoPipeline", "CogVideoXPipeline",
+            "CogVideoXVideoToVideoPipeline",
+        ),
     )
 )

@@ -6,6 +6,7 @@ latents on the channels; its VAE is CogVideoX's (registered by the cogvideox ent
 
 from lightcache.models.adapter import ModelAdapter
 from lightcache.models.cogvideox.chunk import CogVideoXChunking
+from lightcache.models.cogvideox.decode import CogVideoXSlicer
 from lightcache.models.consisid.layout import ConsisIDLayout
 from lightcache.models.registry import ModelFamily, register_family
 
@@ -19,5 +20,7 @@ CONSISID = register_family(
             layout=ConsisIDLayout(),
         ),
         chunking={"ConsisIDBlock": CogVideoXChunking()},
+        slicers={"AutoencoderKLCogVideoX": CogVideoXSlicer},  # CogVideoX's VAE: the same entry, named here too
+        pipelines=("ConsisIDPipeline",),
     )
 )

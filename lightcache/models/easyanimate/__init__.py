@@ -17,5 +17,6 @@ EASYANIMATE = register_family(
         ),
         chunking={"EasyAnimateTransformerBlock": EasyAnimateChunking()},
         slicers={"AutoencoderKLMagvit": MagvitSlicer},
+        pipelines=("EasyAnimateControlPipeline", "EasyAnimateInpaintPipeline", "EasyAnimatePipeline"),
     )
 )

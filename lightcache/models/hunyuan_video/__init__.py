@@ -28,6 +28,7 @@ HUNYUAN_VIDEO = register_family(
             "HunyuanVideoTokenReplaceSingleTransformerBlock": HunyuanVideoTokenReplaceSingleChunking(),
         },
         slicers={"AutoencoderKLHunyuanVideo": HunyuanVideoSlicer},
-        presets={"EasyCache": {"threshold": 0.025, "warmup_steps": 5}},  # the EasyCache paper's settings
+        presets={"EasyCache": {"threshold": 0.025, "warmup_steps": 5}},  # the EasyCache paper's settings,
+        pipelines=("HunyuanSkyreelsImageToVideoPipeline", "HunyuanVideoImageToVideoPipeline", "HunyuanVideoPipeline"),
     )
 )

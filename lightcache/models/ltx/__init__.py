@@ -14,5 +14,6 @@ LTX = register_family(
         ),
         chunking={"LTXVideoTransformerBlock": LTXChunking()},
         slicers={"AutoencoderKLLTXVideo": LTXSlicer},
+        pipelines=("LTXConditionPipeline", "LTXI2VLongMultiPromptPipeline", "LTXImageToVideoPipeline", "LTXPipeline"),
     )
 )

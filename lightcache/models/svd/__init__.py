@@ -13,5 +13,6 @@ SVD = register_family(
             sample_arg="sample", unet=True, layout=FramesFirstLayout(),
         ),
         slicers={"AutoencoderKLTemporalDecoder": TemporalDecoderSlicer},
+        pipelines=("StableVideoDiffusionPipeline",),
     )
 )

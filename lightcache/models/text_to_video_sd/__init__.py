@@ -11,5 +11,6 @@ TEXT_TO_VIDEO_SD = register_family(
             sample_arg="sample", unet=True,
         ),
         slicers={"AutoencoderKL": PerFrameSlicer},
+        pipelines=("TextToVideoSDPipeline", "VideoToVideoSDPipeline"),
     )
 )

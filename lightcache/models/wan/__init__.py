@@ -11,6 +11,7 @@ WAN = register_family(
         adapter=ModelAdapter(family="wan", model_classes=("WanTransformer3DModel",), layout=WanLayout()),
         chunking={"WanTransformerBlock": WanChunking()},
         slicers={"AutoencoderKLWan": WanSlicer},
-        presets={"EasyCache": {"threshold": 0.05, "warmup_steps": 10}},  # the EasyCache paper's Wan2.1 settings
+        presets={"EasyCache": {"threshold": 0.05, "warmup_steps": 10}},  # the EasyCache paper's Wan2.1 settings,
+        pipelines=("LucyEditPipeline", "WanImageToVideoPipeline", "WanPipeline", "WanVideoToVideoPipeline"),
     )
 )

@@ -9,12 +9,12 @@ patch embedding. Its VAE is ``AutoencoderKLWan``: Wan's slicer covers it.
 
 Chunking: the blocks' class name is Wan's, so the lookup (by name) finds Wan's spec; Wan Animate's
 attention processor is its own class (the same code as Wan's ``WanAttnProcessor``), which Wan's
-spec does not take, so its blocks run whole with query-chunked attention until the spec also
-accepts that processor class.
+spec takes too (``WanChunking.also_processors``).
 """
 
 from lightcache.models.adapter import ModelAdapter
 from lightcache.models.registry import ModelFamily, register_family
+from lightcache.models.wan import WAN
 from lightcache.models.wan_animate.layout import WanAnimateLayout
 
 WAN_ANIMATE = register_family(
@@ -22,5 +22,6 @@ WAN_ANIMATE = register_family(
         adapter=ModelAdapter(
             family="wan_animate", model_classes=("WanAnimateTransformer3DModel",), layout=WanAnimateLayout()
         ),
+        chunking={"WanTransformerBlock": WAN.chunking["WanTransformerBlock"]},  # its blocks' class name is Wan's
     )
 )

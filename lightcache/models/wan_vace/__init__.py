@@ -15,10 +15,12 @@ chunk plan does not split them (they run with their attention whole). Its VAE is
 
 from lightcache.models.adapter import ModelAdapter
 from lightcache.models.registry import ModelFamily, register_family
+from lightcache.models.wan import WAN
 from lightcache.models.wan_vace.layout import WanVACELayout
 
 WAN_VACE = register_family(
     ModelFamily(
         adapter=ModelAdapter(family="wan_vace", model_classes=("WanVACETransformer3DModel",), layout=WanVACELayout()),
+        chunking={"WanTransformerBlock": WAN.chunking["WanTransformerBlock"]},  # its main blocks are Wan's
     )
 )
