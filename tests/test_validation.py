@@ -66,6 +66,7 @@ def _local_modules() -> set:
     names = {"lightcache", "kernels"}
     for folder in ("tests", "benchmarks", "benchmarks/proxy"):
         names |= {p.stem for p in (ROOT / folder).glob("*.py")}
+        names |= {p.parent.name for p in (ROOT / folder).glob("*/__init__.py")}  # tests/tiny_families
     return names
 
 
