@@ -1,4 +1,4 @@
-"""Sliced latent decode (DESIGN.md §4.3): the generic machinery.
+"""Sliced latent decode (docs/design.md §4.3): the generic machinery.
 
 With ``MemoryPlan(decode_slices=...)`` or ``MemoryPlan(decode_budget=...)`` the pipeline's
 ``vae.decode`` runs the VAE's decoder over temporal slices of the latent video (and, when a budget
@@ -31,7 +31,8 @@ exists when it starts -- decoder activations, causal caches, and the output unle
 host (on CPU, host and device are one memory, so the output always counts). Slices are sized by a
 dry run of the sliced decode with the VAE's weights and the latents on the meta device (shapes
 only), counting every tensor it allocates the way the CPU tracker does, over its first slices (they
-include every distinct slice shape; later ones repeat or shrink): the largest slice whose count fits
+include every distinct slice shape; later ones repeat or shrink; a slicer that runs tile after tile,
+Wan's, runs the first slices of every tile): the largest slice whose count fits
 is used; when even the smallest slice does not fit, the largest spatial tile (the VAE's own tiling;
 square tiles, at most 16 per frame) that fits at the smallest slice; when nothing fits,
 ``ValueError`` naming the minimum -- raised when the pipeline reaches its decode, since the latent
@@ -91,30 +92,72 @@ class _Sink:
         self.to_host, self.pinned, self.discard = to_host, pinned, discard
         self.out = None
         self.async_copies = False
+        self.size = None  # (height, width) of the video when slices write spatial regions of it
 
-    def _allocate(self, part: torch.Tensor) -> None:
+    def shape_for(self, part: torch.Tensor) -> list:
+        """The video's shape, from one written part's."""
         shape = list(part.shape)
         shape[self.frame_dim] = self.frames
         if self.frame_dim != 0:
             shape[0] = self.batch
-        if not self.to_host or part.device.type == "cpu":
-            self.out = torch.empty(shape, dtype=part.dtype, device=part.device)
-            return
+        if self.size is not None:
+            shape[-2:] = self.size
+        return shape
+
+    def _host_empty(self, shape, like: torch.Tensor) -> torch.Tensor:
+        """Host memory of ``like``'s dtype (page-locked per ``pinned``) for the video or a slicer's
+        scratch."""
         pin = self.pinned != "off"
         try:
-            self.out = torch.empty(shape, dtype=part.dtype, device="cpu", pin_memory=pin)
+            return torch.empty(shape, dtype=like.dtype, device="cpu", pin_memory=pin)
         except RuntimeError as e:  # page-locked memory refused (memlock limit)
             if self.pinned == "require":
                 raise RuntimeError(f"lightcache decode_to_host: page-locked host memory refused ({e})") from e
             warnings.warn(f"lightcache decode_to_host: page-locked memory unavailable, using pageable memory ({e})")
-            self.out = torch.empty(shape, dtype=part.dtype, device="cpu")
+            return torch.empty(shape, dtype=like.dtype, device="cpu")
+
+    def _allocate(self, part: torch.Tensor) -> None:
+        shape = self.shape_for(part)
+        if not self.to_host or part.device.type == "cpu":
+            self.out = torch.empty(shape, dtype=part.dtype, device=part.device)
+            return
+        self.out = self._host_empty(shape, part)
         self.async_copies = self.out.is_pinned()
 
-    def write(self, b0: int, f0: int, part: torch.Tensor) -> None:
+    # -- scratch: finished pixels a slicer keeps for a while (Wan's tile-blending strips) ----------
+    def apart(self, like: torch.Tensor) -> bool:
+        """Whether scratch lives in host memory, apart from ``like``'s device: with decode_to_host
+        (as the video does), unless that device is the CPU."""
+        return (self.to_host or self.discard) and like.device.type != "cpu"
+
+    def scratch(self, shape, like: torch.Tensor) -> torch.Tensor:
+        """A buffer of ``like``'s dtype: in host memory when :meth:`apart` (a dry run's is not
+        counted, as its output is not), else on ``like``'s device."""
+        if not self.apart(like):
+            return like.new_empty(shape)
+        if self.discard:
+            from torch.utils._python_dispatch import _disable_current_modes
+
+            with _disable_current_modes():
+                return torch.empty(shape, dtype=like.dtype, device=like.device)
+        return self._host_empty(shape, like)
+
+    def fetch(self, region: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """A region of scratch on ``like``'s device (a device copy when :meth:`apart`)."""
+        if not self.apart(like):
+            return region
+        out = torch.empty(region.shape, dtype=region.dtype, device=like.device)
+        out.copy_(region, non_blocking=region.is_pinned())
+        return out
+
+    def write(self, b0: int, f0: int, part: torch.Tensor, y0: int = 0, x0: int = 0) -> None:
+        """Write ``part`` at batch ``b0``, frame ``f0`` and (with :attr:`size` set) pixel row ``y0``,
+        column ``x0``."""
         if self.discard:
             return
         whole = (f0 == 0 and part.shape[self.frame_dim] == self.frames
-                 and (self.frame_dim == 0 or part.shape[0] == self.batch))
+                 and (self.frame_dim == 0 or part.shape[0] == self.batch)
+                 and (self.size is None or tuple(part.shape[-2:]) == tuple(self.size)))
         if self.out is None and whole and (not self.to_host or part.device.type == "cpu"):
             self.out = part  # one slice is the whole video: keep it rather than copy it
             return
@@ -126,6 +169,8 @@ class _Sink:
         region = self.out.narrow(self.frame_dim, f0, n)
         if self.frame_dim != 0:
             region = region.narrow(0, b0, part.shape[0])
+        if self.size is not None:
+            region = region.narrow(-2, y0, part.shape[-2]).narrow(-1, x0, part.shape[-1])
         region.copy_(part, non_blocking=self.async_copies)
 
     def result(self, device: torch.device) -> torch.Tensor:
@@ -231,7 +276,8 @@ class _Slicer:
         raise NotImplementedError
 
     def probe_limit(self, s: int) -> int:
-        """Slices a dry run needs to meet every distinct slice shape (later ones repeat or shrink)."""
+        """Slices a dry run needs to meet every distinct slice shape (later ones repeat or shrink);
+        per tile where the slicer runs tile after tile."""
         return 3
 
     def tile_attrs(self, tile: int) -> dict:

@@ -322,22 +322,16 @@ def _meta_run(pipe):
             h = den.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True)
             undo.append(h.remove)
 
-    original_allocate = _decode._Sink._allocate
+    original_host_empty = _decode._Sink._host_empty
 
-    def allocate(sink, part):
-        if sink.to_host and part.device.type == "meta":  # the video in host memory: marked, not allocated
-            shape = list(part.shape)
-            shape[sink.frame_dim] = sink.frames
-            if sink.frame_dim != 0:
-                shape[0] = sink.batch
+    def host_empty(sink, shape, like):
+        if like.device.type == "meta":  # decode_to_host's video and scratch in host memory: marked, not allocated
             with host_allocation():
-                sink.out = torch.empty(shape, dtype=part.dtype, device="meta")
-            sink.async_copies = False
-            return
-        return original_allocate(sink, part)
+                return torch.empty(shape, dtype=like.dtype, device="meta")
+        return original_host_empty(sink, shape, like)
 
-    _decode._Sink._allocate = allocate
-    undo.append(lambda: setattr(_decode._Sink, "_allocate", original_allocate))
+    _decode._Sink._host_empty = host_empty
+    undo.append(lambda: setattr(_decode._Sink, "_host_empty", original_host_empty))
     from lightcache.memory import chunk as _chunk
 
     autocast_on = _chunk._autocast_on

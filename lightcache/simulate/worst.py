@@ -89,11 +89,11 @@ class WorstDeepCache(DeepCache):
     """DeepCache with steps full, full, shallow (see the module doc)."""
 
     def should_compute(self, state, call, x):
-        self._layout(state)
+        roles = self._roles(state)
         if call.leader:
-            state.full[call.step] = call.step < 2 or ("deep", call.branch) not in state.store
-        if not state.full.get(call.step, True):
-            state.store.prefetch(("deep", call.branch))
+            state.full[call.step] = call.step < 2 or not self._has_cache(state, call)
+        if not state.full.get(call.step, True) and roles.cache_at is not None:
+            state.store.prefetch(self._cache_key(call))  # as DeepCache does: overlaps the shallow blocks
         return True
 
 
