@@ -641,3 +641,14 @@ def test_trial_resizes_per_token_and_per_frame_timesteps():
     with pytest.raises(ValueError, match=r"cannot resize a timestep of shape \(1, 5\).*neither one per token nor one "
                                          r"per frame of the \(4, 4, 4\) token grid"):
         resized(layout, torch.zeros(1, 5))
+
+
+def test_ltx2_is_refused_at_enable_with_the_reason():
+    """Its blocks look generic, but its forward returns a video and an audio prediction."""
+    from diffusers import LTX2VideoTransformer3DModel
+
+    with torch.device("meta"):
+        model = LTX2VideoTransformer3DModel(num_layers=1)
+    with pytest.raises(ValueError, match=r"LTX2VideoTransformer3DModel.*two predictions \(video and audio\)"):
+        lightcache.enable(model, policy=EasyCache())
+    assert session_of(model) is None

@@ -466,11 +466,11 @@ def test_dit_few_large_pieces_run_the_block_whole():
         out = _model_out(model, kw)
         hooks = _hooks(hooked, DIT_HOOK)
         # CPU flash ran the attention unsplit: the same inputs next time skip the function mode
-        assert all(h._unsplit is not None for h in hooks)
+        assert all(h._memo.unsplit(b) for h, b in zip(hooks, blocks))
         again = _model_out(model, kw)
         with sdpa_kernel(SDPBackend.MATH):  # other backend switches: the mode again, and it splits
             math_out = _model_out(model, kw)
-        assert all(h._unsplit is None for h in hooks)
+        assert not any(h._memo.unsplit(b) for h, b in zip(hooks, blocks))
     finally:
         remove_chunking(hooked)
     assert all(h.split_calls == 0 and h.fallback_calls == 3 for h in hooks)
@@ -753,3 +753,154 @@ def test_compiled_blocks_with_chunking_and_caching_match():
         for b in blocks:
             b._compiled_call_impl = None
     assert (out - ref).abs().max().item() <= 1e-5
+
+
+# -- per-piece cost: the function mode only where it may split, piece counts, the planner's search ----
+
+
+def test_attention_hook_skips_the_function_mode_once_nothing_splits():
+    """A block whose attention torch runs on a fused kernel (CPU flash, 4-D inputs) splits nothing:
+    the second call with the same inputs runs without the function mode (mode_calls stays 1), and
+    its output is the same bit for bit. A change that may split (the math backend, other shapes,
+    a swapped processor) runs the mode again; the math backend then splits, still exact. A new
+    hook on the same block (lightcache enabled again) remembers the inputs that split nothing, for
+    the same chunk size only."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    attn = _attention()
+    x = torch.randn(2, 256, 64)
+    with torch.no_grad():
+        ref = attn(x)
+    hooked = install_chunking([attn], 64)
+    try:
+        hook = _hooks(hooked, ATTENTION_HOOK)[0]
+        with torch.no_grad():
+            first, second = attn(x), attn(x)
+            assert (hook.memo.mode_calls, hook.split_calls) == (1, 0)
+            attn(x[:, :128])  # other shapes: the mode again
+            assert hook.memo.mode_calls == 2
+            attn.set_processor(AttnProcessor2_0())  # another processor object: the mode again
+            attn(x[:, :128])
+            assert hook.memo.mode_calls == 3
+            with sdpa_kernel(SDPBackend.MATH):
+                math = attn(x)
+                attn(x)  # it split: not memoised
+            assert hook.memo.mode_calls == 5 and hook.split_calls == 2  # one split SDPA call each
+    finally:
+        remove_chunking(hooked)
+    hooked = install_chunking([attn], 64)  # a new hook on the same block remembers what did not split
+    try:
+        with torch.no_grad():
+            attn(x[:, :128])
+        assert _hooks(hooked, ATTENTION_HOOK)[0].memo.mode_calls == 0
+    finally:
+        remove_chunking(hooked)
+    hooked = install_chunking([attn], 32)  # another chunk size: not the same key
+    try:
+        with torch.no_grad():
+            attn(x[:, :128])
+        assert _hooks(hooked, ATTENTION_HOOK)[0].memo.mode_calls == 1
+    finally:
+        remove_chunking(hooked)
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(math, ref, rtol=0, atol=1e-5)
+
+
+def test_call_key_describes_nested_arguments_and_refuses_unknown_ones():
+    from lightcache.memory.chunk_attention import call_key
+
+    t = torch.zeros(2, 3)
+    k1 = call_key((t,), {"num_frames": 4, "extra": {"scale": 1.0}, "res": (t, t)})
+    assert k1 == call_key((torch.ones(2, 3),), {"num_frames": 4, "extra": {"scale": 1.0}, "res": (t, t)})
+    assert k1 != call_key((t,), {"num_frames": 8, "extra": {"scale": 1.0}, "res": (t, t)})
+    assert k1 != call_key((t.t(),), {"num_frames": 4, "extra": {"scale": 1.0}, "res": (t, t)})  # strides
+    assert call_key((t,), {"obj": object()}) is None
+
+
+def test_piece_counts_match_the_pieces_run(monkeypatch):
+    """counting(): a resnet over 8 frames in pieces of 3 frames is one call of ceil(8/3) = 3 pieces
+    and copies its whole output once; a DiT block over pieces of 13 tokens counts a key and a query
+    pass per piece, and copies its output, K and V; outside counting() nothing is recorded."""
+    from lightcache.memory.chunk_spec import counting
+
+    torch.manual_seed(0)
+    res = ResnetBlock2D(in_channels=8, out_channels=8, temb_channels=16, groups=4).eval()
+    x, temb = torch.randn(8, 8, 4, 4), torch.randn(8, 16)
+    hooked = install_chunking([res], 3 * 16)
+    try:
+        with torch.no_grad(), counting() as c:
+            out = res(x, temb)
+        with torch.no_grad(), counting() as outer:
+            with counting() as inner:
+                res(x, temb)
+        res(x, temb)  # not counted anywhere
+    finally:
+        remove_chunking(hooked)
+    assert (c.calls, c.pieces, c.copied) == (1, 3, out.nbytes)
+    assert (inner.calls, outer.calls) == (1, 0)
+
+    monkeypatch.setattr(chunk_dit, "MIN_PIECES", 1)
+    model, kw = _dit_case("wan", frames=2, size=4)
+    blocks = _dit_blocks(model)
+    hooked = install_chunking(blocks, 26, model=model)
+    try:
+        with counting() as c:
+            _model_out(model, kw)
+    finally:
+        remove_chunking(hooked)
+    batch = kw["hidden_states"].shape[0]
+    tokens = kw["hidden_states"].shape[2] * (kw["hidden_states"].shape[3] // 2) * (kw["hidden_states"].shape[4] // 2)
+    pieces = -(-tokens // (26 // batch))
+    width = model.config.num_attention_heads * model.config.attention_head_dim
+    ffn_calls = sum(1 for b in blocks for m in b.modules() if isinstance(m, FeedForward))
+    # blocks: 2 passes per piece, output + K + V copied; the FFNs inside a piece (13 rows) never split
+    assert c.calls == len(blocks) and ffn_calls >= len(blocks)
+    assert c.pieces == len(blocks) * 2 * pieces
+    assert c.copied == len(blocks) * 3 * batch * tokens * width * 4
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 7, 8])
+def test_planner_bisection_finds_the_largest_fitting_chunk(n):
+    """_largest against the linear scan, for every threshold of a monotone fit over n sizes, within
+    1 + ceil(log2 n) fit calls (the largest tried first); None when even the smallest does not fit."""
+    import math
+
+    from lightcache.simulate.planner import _largest
+
+    chunks = [2 ** (20 - i) for i in range(n)]
+    for first_fitting in range(n + 1):  # chunks[i] fits for i >= first_fitting
+        calls = []
+
+        def fits(c):
+            calls.append(c)
+            return chunks.index(c) >= first_fitting
+
+        got = _largest(chunks, fits)
+        assert got == (chunks[first_fitting] if first_fitting < n else None)
+        assert calls[0] == chunks[0] and len(calls) <= 1 + math.ceil(math.log2(n))
+
+
+def test_planner_expected_cost_follows_the_counts():
+    """The cost model: extra pieces per denoiser call = (pieces - calls) / denoiser calls, copies per
+    call, and the percentage = 100 x piece_overhead x extra pieces (none without piece_overhead)."""
+    from types import SimpleNamespace
+
+    from lightcache.memory.chunk_spec import PieceCount
+    from lightcache.simulate.planner import _Sim, expected_cost
+
+    sim = _Sim(None, "auto", 4)
+    cand = dict(swap="on", chunk_size=512)
+    key = (tuple(sorted(cand.items())), True)
+    sim.memo[key] = SimpleNamespace(denoiser_calls=4, cache_host=3 * 2**20)
+    sim.counts[key] = PieceCount()
+    sim.counts[key].calls, sim.counts[key].pieces, sim.counts[key].copied = 10, 50, 8 * 2**20
+    cost = expected_cost(sim, cand, piece_overhead=0.01)
+    assert cost["extra_pieces_per_call"] == 10.0 and cost["copied_per_call"] == 2 * 2**20
+    assert cost["pieces_per_split_call"] == 5.0 and cost["swap_host_bytes"] == 3 * 2**20
+    assert cost["percent"] == pytest.approx(10.0)
+    assert cost["text"].startswith("expected cost: ~10 % slower than no plan")
+    assert expected_cost(sim, cand)["percent"] is None
+    plain = dict(swap="on")
+    sim.memo[(tuple(plain.items()), True)] = SimpleNamespace(denoiser_calls=4, cache_host=0)
+    assert expected_cost(sim, plain, piece_overhead=0.01)["percent"] == 0.0

@@ -1,4 +1,4 @@
-"""Feature chunk (DESIGN.md §4.2): the widest intermediates of the denoiser's blocks exist for one
+"""Feature chunk (docs/design.md §4.2): the widest intermediates of the denoiser's blocks exist for one
 chunk of rows (tokens) at a time, and the output equals the unchunked output to fp rounding
 (tests: ≤ 1e-5 max abs per fp32 denoiser call on every adapted family).
 
@@ -24,6 +24,14 @@ chunk of rows (tokens) at a time, and the output equals the unchunked output to 
 
 The chunk is a fixed number of rows, or ``"auto"``: each operation sizes it at call time so its
 widest chunked intermediate fits a byte budget (:mod:`lightcache.memory.chunk_spec`).
+
+Per-piece cost: every piece is one more pass of a module's Python and kernel launches, so the
+hooks add nothing where no split is needed: a call that fits one chunk runs the module as it is;
+the query-chunking function mode (a Python call per torch op inside the block) runs only while a
+call with those inputs may split an attention call (:class:`~lightcache.memory.chunk_attention.
+SplitMemo`); on CPU the fused FFN calls its kernel directly, without the custom op's dispatch.
+Every chunked call counts its pieces and piece copies for the planner's cost model
+(:func:`lightcache.memory.chunk_spec.counting`).
 
 Wrapped layers (PEFT LoRA, diffusers' layerwise casting, quantised Linear subclasses, accelerate
 hooks and offload, torch hooks): chunking never computes a layer from its parameters in its place
@@ -68,8 +76,8 @@ from torch import nn
 from torch.nn.modules import module as _torch_module
 
 from lightcache.hookset import HookSet
-from lightcache.memory.chunk_attention import QueryChunkedSDPA, sdpa_row_bytes
-from lightcache.memory.chunk_spec import ChunkSpec, chunk_hook_base
+from lightcache.memory.chunk_attention import SplitMemo, attention_modules, sdpa_row_bytes
+from lightcache.memory.chunk_spec import ChunkSpec, chunk_hook_base, count
 
 CHUNK_HOOK = "lightcache.chunk"  # on feed-forward layers
 UNET_HOOK = "lightcache.chunk.unet"  # on UNet resnets and transformer blocks
@@ -295,12 +303,16 @@ class FeedForwardChunkHook(chunk_hook_base()):
         parts = None if args or kwargs else self.fused_parts(module, rows)  # extra arguments: let forward see them
         if parts is not None:
             self.fused_calls += 1
+            count(-(-rows.shape[0] // chunk))  # the op writes each chunk's GEMM into its output rows
             proj_in, proj_out = parts
-            if torch.is_grad_enabled() or rows.device.type != "cpu" or not _tracking():
+            if torch.is_grad_enabled() or rows.device.type != "cpu" or _compiling():
                 out = torch.ops.lightcache.chunked_ffn(
                     rows, proj_in.weight, proj_in.bias, proj_out.weight, proj_out.bias, chunk
                 )
-            else:  # the op's CPU kernel itself, called directly so the CPU tracker sees its buffers
+            else:
+                # the op's CPU kernel itself, called directly: the CPU tracker sees its buffers, and
+                # the custom op's dispatch and argument checks (what fused_parts has checked) are
+                # skipped: per call they cost about as much as a small FFN's chunk
                 from lightcache.reference import chunked_ffn
 
                 out = chunked_ffn(rows, proj_in.weight, proj_in.bias, proj_out.weight, proj_out.bias, chunk)
@@ -312,6 +324,7 @@ class FeedForwardChunkHook(chunk_hook_base()):
         del first
         for start in range(chunk, rows.shape[0], chunk):
             out[start : start + chunk] = self.fn_ref.original_forward(rows[start : start + chunk], *args, **kwargs)
+        count(-(-rows.shape[0] // chunk), out.numel() * out.element_size())
         return out.reshape(*hidden_states.shape[:-1], out.shape[-1])
 
 
@@ -325,28 +338,33 @@ def _hidden_width(ff: nn.Module) -> int:
 
 
 class AttentionChunkHook(chunk_hook_base()):
-    """Around a block: its scaled-dot-product attention calls run over query chunks."""
+    """Around a block: its scaled-dot-product attention calls run over query chunks (under the
+    function mode only while a call with those inputs may split one: :class:`SplitMemo`)."""
 
     def __init__(self, spec: ChunkSpec):
         super().__init__()
         self.spec = spec
         self.split_calls = 0
 
+    def initialize_hook(self, module):
+        self.memo = SplitMemo(self.rows_for, attention_modules(module), self.spec)
+        return module
+
     def rows_for(self, query, key):
         return self.spec.rows(sdpa_row_bytes(query, key), "one query row of attention scores (heads x keys)")
 
     def new_forward(self, module, *args, **kwargs):
-        mode = QueryChunkedSDPA(self.rows_for)
-        with mode:
-            out = self.fn_ref.original_forward(*args, **kwargs)
-        self.split_calls += mode.calls
+        out, splits = self.memo(self.fn_ref.original_forward, module, args, kwargs)
+        self.split_calls += splits
         return out
 
 
-def _tracking() -> bool:
-    from lightcache.memory.meter import tracking
-
-    return tracking()
+def _compiling() -> bool:
+    # under torch.compile the custom op stays one opaque node (its Python kernel would be traced)
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # older torch
+        return False
 
 
 def chunk_spec(chunk_size: Union[int, str], budget: Optional[int] = None) -> ChunkSpec:
@@ -404,12 +422,15 @@ def install_chunking(
             plan.append((b, DitChunkHook(spec, family, own_hooks=(CHUNK_HOOK,)), DIT_HOOK))
         else:
             plan.append((b, AttentionChunkHook(spec), ATTENTION_HOOK))
+    block_ids = {id(b) for b in blocks}
     mine = HookSet()  # what this call added (undone alone on failure)
     try:
         for module, hook, name in plan:
             # DIT_HOOK sits on the block's own forward: it runs it once per piece, which the hooks
-            # above (block caches, CP) must not see
-            mine.register(module, hook, name, position=(lambda reg: 0) if name == DIT_HOOK else None)
+            # above (block caches, CP) must not see; so does a UNet hook on one of the engine's
+            # blocks (Latte's blocks are BasicTransformerBlocks)
+            beneath = name == DIT_HOOK or (name == UNET_HOOK and id(module) in block_ids)
+            mine.register(module, hook, name, position=(lambda reg: 0) if beneath else None)
     except BaseException:
         mine.undo()
         raise

@@ -17,14 +17,27 @@ processor and its projections run as they would unchunked (their hooks and adapt
 A piece is a run of query rows: ``rows`` = batch items × query positions ≤ the chunk (one batch
 item's queries are split when they alone exceed it), so the scores of one piece take at most
 ``chunk × heads × Lk`` elements.
+
+The function mode costs Python work on every torch call inside the block (a few microseconds each:
+for a small block more than its kernels). :class:`SplitMemo` runs a block under it only while it
+may split something: once a call with the same inputs (shapes, dtypes, strides, non-tensor
+arguments), grad mode, autocast, SDPA backend switches and attention processors split nothing
+(torch ran every attention call on a fused kernel, or each call fitted one chunk), later such
+calls run without it: the same inputs give the same attention calls, so they would not split
+either.
 """
 
 from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
 
 import torch
 from torch.nn.attention import SDPBackend
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+
+from lightcache.memory.chunk_spec import count
 
 _SDPA = F.scaled_dot_product_attention
 
@@ -81,6 +94,93 @@ def _materialises_scores(a: dict) -> bool:
         return True
 
 
+_LEAF = (int, float, bool, str, type(None))
+
+
+def _arg_key(x):
+    """What of one block argument can decide its attention calls' shapes and backends; raises
+    TypeError for a value it cannot describe (then the call is not memoised)."""
+    if isinstance(x, torch.Tensor):
+        return (tuple(x.shape), x.stride(), x.dtype, x.device, x.requires_grad)
+    if isinstance(x, _LEAF):
+        return (type(x), x)
+    if isinstance(x, (tuple, list)):
+        return (type(x), tuple(_arg_key(v) for v in x))
+    if isinstance(x, dict):
+        return (dict, tuple((k, _arg_key(v)) for k, v in x.items()))
+    raise TypeError(type(x).__name__)
+
+
+def _autocast_state():
+    try:
+        return (torch.is_autocast_enabled("cuda"), torch.is_autocast_enabled("cpu"))
+    except TypeError:  # torch < 2.4 takes no device type
+        return (torch.is_autocast_enabled(), torch.is_autocast_cpu_enabled())
+
+
+def call_key(args, kwargs, extra=()):
+    """The memo key of one block call (see the module docstring), or None when an argument is of a
+    kind it cannot describe."""
+    try:
+        a = tuple(_arg_key(v) for v in args)
+        kw = tuple((k, _arg_key(v)) for k, v in kwargs.items())
+    except (TypeError, RuntimeError, NotImplementedError):  # an unknown value, or a tensor without strides
+        return None
+    b = torch.backends.cuda
+    flags = (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(), b.cudnn_sdp_enabled())
+    return (a, kw, torch.is_grad_enabled(), _autocast_state(), flags, tuple(extra))
+
+
+# module -> the call keys (most recent last) of its calls that split nothing. Kept per module, not
+# per hook, so that enabling lightcache again (a new hook on the same block) does not pay the mode
+# again for inputs already seen; the chunk spec is part of the key.
+_UNSPLIT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_KEYS_PER_MODULE = 8  # distinct input shapes remembered per block (CFG/no-CFG, trial forwards, sizes)
+
+
+class SplitMemo:
+    """Runs a block's forward under :class:`QueryChunkedSDPA`, or without it where a call with the
+    same :func:`call_key` split no attention call. ``attention`` lists the block's attention
+    modules (their processors are part of the key: a swapped processor may call SDPA
+    differently); ``spec`` is the chunk spec (part of the key)."""
+
+    def __init__(self, rows_for, attention=(), spec=None):
+        self.rows_for = rows_for
+        self.attention = list(attention)
+        self.spec = (getattr(spec, "size", None), getattr(spec, "budget", None))
+        self.mode_calls = 0  # calls run under the function mode (for tests and reports)
+        self.last_key = None
+
+    def unsplit(self, module):
+        """Whether the last call of ``module`` seen here split nothing (and was memoised)."""
+        return self.last_key is not None and self.last_key in _UNSPLIT.get(module, ())
+
+    def __call__(self, fwd, module, args, kwargs):
+        """(output, SDPA calls split)."""
+        extra = [self.spec, module.training]
+        extra += [(type(p), id(p)) for p in (getattr(m, "processor", None) for m in self.attention)]
+        key = self.last_key = call_key(args, kwargs, extra)
+        seen = _UNSPLIT.get(module)
+        if key is not None and seen is not None and key in seen:
+            return fwd(*args, **kwargs), 0
+        mode = QueryChunkedSDPA(self.rows_for)
+        self.mode_calls += 1
+        with mode:
+            out = fwd(*args, **kwargs)
+        if key is not None and mode.calls == 0:
+            if seen is None:
+                seen = _UNSPLIT[module] = OrderedDict()
+            seen[key] = True
+            while len(seen) > _KEYS_PER_MODULE:
+                seen.popitem(last=False)
+        return out, mode.calls
+
+
+def attention_modules(block):
+    """The modules inside ``block`` that hold an attention processor."""
+    return [m for m in block.modules() if hasattr(m, "processor") and hasattr(m, "set_processor")]
+
+
 class QueryChunkedSDPA(TorchFunctionMode):
     """Runs ``F.scaled_dot_product_attention`` over query pieces of at most ``rows_for(q, k)`` rows.
 
@@ -125,7 +225,9 @@ class QueryChunkedSDPA(TorchFunctionMode):
         else:  # whole batch items, as many as fit
             per = max(1, chunk // lq)
             pieces = ((b, min(b + per, n), 0, lq) for b in range(0, n, per))
+        n_pieces = 0
         for b0, b1, q0, q1 in pieces:
+            n_pieces += 1
             out[b0:b1, ..., q0:q1, :] = func(
                 q[b0:b1, ..., q0:q1, :],
                 _slice_batch(k, n, b0, b1),
@@ -133,4 +235,5 @@ class QueryChunkedSDPA(TorchFunctionMode):
                 attn_mask=_slice_mask(mask, q.dim(), b0, b1, q0, q1),
                 **rest,
             )
+        count(n_pieces, out.numel() * out.element_size())
         return out

@@ -54,8 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightcache.memory.chunk_attention import QueryChunkedSDPA, _slice_mask, sdpa_row_bytes
-from lightcache.memory.chunk_spec import ChunkSpec, chunk_hook_base
+from lightcache.memory.chunk_attention import SplitMemo, _slice_mask, attention_modules, sdpa_row_bytes
+from lightcache.memory.chunk_spec import ChunkSpec, chunk_hook_base, count
 
 
 class _KeysDone(Exception):
@@ -114,6 +114,7 @@ class _Family:
     original processor does after attention)."""
 
     processor: Tuple[str, str] = ("", "")  # (module, class) of the original processor
+    also_processors: Tuple[Tuple[str, str], ...] = ()  # copies of it elsewhere (same code, another class)
     self_attn = "attn1"
     cross_attn: Optional[str] = None
     norm_before_heads = False  # q/k norm over all heads of a row (Wan, LTX) or per head
@@ -128,6 +129,14 @@ class _Family:
 
         module, name = self.processor
         return getattr(importlib.import_module(module), name)
+
+    def original_processor_classes(self) -> tuple:
+        """The processor classes this spec takes: its own and ``also_processors``."""
+        import importlib
+
+        return (self.original_processor_class(),) + tuple(
+            getattr(importlib.import_module(m), n) for m, n in self.also_processors
+        )
 
     # arguments --------------------------------------------------------------------------------
     def supported(self, a: dict) -> bool:
@@ -330,17 +339,6 @@ def _widest_row(block: nn.Module) -> int:
     return max(max(m.in_features, m.out_features) for m in block.modules() if isinstance(m, nn.Linear))
 
 
-def _whole_call_key(args, kwargs):
-    """What decides whether a block's attention calls would be split: the tensor arguments'
-    shapes/dtypes/devices, grad mode and torch's SDPA backend switches (sdpa_kernel sets them)."""
-    tensors = [(tuple(t.shape), t.dtype, t.device) for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
-    if not tensors:
-        return None
-    b = torch.backends.cuda
-    flags = (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(), b.cudnn_sdp_enabled())
-    return (tuple(tensors), torch.is_grad_enabled(), flags)
-
-
 # Fewest pieces for which the piece path beats the whole block with query-chunked attention.
 MIN_PIECES = 4
 
@@ -362,7 +360,7 @@ class DitChunkHook(chunk_hook_base()):
     def initialize_hook(self, module):
         self._sig = inspect.signature(type(module).forward)
         self.width = _widest_row(module)
-        self._unsplit = None  # (inputs key) of the last whole call whose attention needed no split
+        self._memo = SplitMemo(self._attention_rows, attention_modules(module), self.spec)
         return module
 
     def _attention_rows(self, q, k):
@@ -374,30 +372,35 @@ class DitChunkHook(chunk_hook_base()):
             return False
         if not fam.usable(module):
             return False
-        cls = fam.original_processor_class()
+        classes = fam.original_processor_classes()
         for name in (fam.self_attn, fam.cross_attn):
             if name is None:
                 continue
             proc = getattr(module, name).processor
-            if type(proc) is not cls or getattr(proc, "_parallel_config", None) is not None:
+            if type(proc) not in classes or getattr(proc, "_parallel_config", None) is not None:
                 return False
         # stateful hooks inside would see one call per piece; walked at each call, so layers
         # injected after enable() (PEFT adapters and their hooks) are seen too
-        for m in module.modules():
-            if m is module:
+        todo = list(module._modules.values())  # module.modules() without its prefix and memo work
+        while todo:
+            m = todo.pop()
+            if m is None:
                 continue
-            reg = m.__dict__.get("_diffusers_hook")
-            if reg is not None and set(reg.hooks) - self.own_hooks:
+            d = m.__dict__
+            reg = d.get("_diffusers_hook")
+            if reg is not None and not self.own_hooks.issuperset(reg.hooks):
                 return False
+            todo.extend(d["_modules"].values())
         return True
 
     def new_forward(self, module, *args, **kwargs):
         fwd = self.fn_ref.original_forward
         bound = self._sig.bind(module, *args, **kwargs)
         a = bound.arguments
-        if not self._applies(module, a):
-            return self._whole(fwd, args, kwargs)
         fam = self.family
+        # the cheap tests first: the walk over the block's modules (_applies) only where its verdict matters
+        if torch.is_grad_enabled() or not fam.supported(a):
+            return self._whole(module, fwd, args, kwargs)
         h = a["hidden_states"]
         text = fam.text(a)
         n_video, n_text = h.shape[1], (0 if text is None else text.shape[1])
@@ -406,31 +409,25 @@ class DitChunkHook(chunk_hook_base()):
         score = max(h.element_size(), 4) if h.dtype in (torch.float16, torch.bfloat16) else h.element_size()
         row_bytes = max(self.width * h.element_size(), heads * key_len * score)
         rows = self.spec.rows(row_bytes, f"one token of {type(module).__name__} (its widest row, {row_bytes} bytes)")
-        if batch * key_len <= rows:
-            return fwd(*args, **kwargs)
         tokens = max(1, rows // batch)  # a piece holds every batch item of its tokens
-        if tokens * MIN_PIECES > key_len:
+        if batch * key_len > rows and tokens * MIN_PIECES > key_len:
             # a piece's working set is ~15 rows per token on top of the whole K, V and output
             # (measured: Wan at 128 of 512 tokens peaks at 6.8 full rows, the whole block with
             # query-chunked attention and chunked FFN at 6.5): few large pieces lose to it
-            return self._whole(fwd, args, kwargs)
+            return self._whole(module, fwd, args, kwargs)
+        if not self._applies(module, a):
+            return self._whole(module, fwd, args, kwargs)
+        if batch * key_len <= rows:
+            return fwd(*args, **kwargs)
         self.split_calls += 1
         return self._run(module, fwd, bound, fam, tokens, n_video, n_text)
 
-    def _whole(self, fwd, args, kwargs):
-        """The block in one call, attention over query chunks (and FFNs chunked by their hooks).
-        When the last whole call with the same inputs' shapes and the same SDPA backend settings
-        split no attention call (torch ran them on fused kernels, which hold no score matrix),
-        the block runs without the function mode, whose per-op Python cost is then pure loss."""
-        key = _whole_call_key(args, kwargs)
-        if key is not None and key == self._unsplit:
-            out = fwd(*args, **kwargs)
-            self.fallback_calls += 1
-            return out
-        mode = QueryChunkedSDPA(self._attention_rows)
-        with mode:
-            out = fwd(*args, **kwargs)
-        self._unsplit = key if mode.calls == 0 else None
+    def _whole(self, module, fwd, args, kwargs):
+        """The block in one call, attention over query chunks (and FFNs chunked by their hooks):
+        under the function mode only while a call with these inputs may split an attention call
+        (:class:`~lightcache.memory.chunk_attention.SplitMemo`; torch's fused kernels hold no score
+        matrix and are never split)."""
+        out, _ = self._memo(fwd, module, args, kwargs)
         self.fallback_calls += 1
         return out
 
@@ -505,6 +502,8 @@ class DitChunkHook(chunk_hook_base()):
         finally:
             for attn, proc in originals:
                 attn.processor = proc
+        written = [t for t in (*outs.tensors, state.k, state.v) if t is not None]
+        count(2 * len(pieces), sum(t.numel() * t.element_size() for t in written))  # key and query passes
         if isinstance(fam, _Joint):
             return outs.tensors[0], outs.tensors[1]
         return outs.tensors[0]

@@ -8,6 +8,7 @@ feature width. With a budget the chunk is the largest that keeps that one interm
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 
@@ -45,3 +46,43 @@ def chunk_hook_base():
     from diffusers.hooks.hooks import ModelHook
 
     return ModelHook
+
+
+class PieceCount:
+    """What the chunk hooks ran while :func:`counting` is active: ``calls`` chunked calls that ran
+    in more than one piece, ``pieces`` the pieces (module passes) they ran (a DiT block call over
+    sequence pieces counts its key and query passes), ``copied`` bytes written into preallocated
+    outputs and key/value buffers piece by piece (copies an unchunked call does not make). For the
+    planner's cost model (lightcache.simulate.planner)."""
+
+    __slots__ = ("calls", "pieces", "copied")
+
+    def __init__(self):
+        self.calls = self.pieces = self.copied = 0
+
+    def __repr__(self):
+        return f"PieceCount(calls={self.calls}, pieces={self.pieces}, copied={self.copied})"
+
+
+_COUNT: Optional[PieceCount] = None
+
+
+@contextlib.contextmanager
+def counting():
+    """Count the chunk hooks' split calls, pieces and copies inside the block (yields the
+    :class:`PieceCount`)."""
+    global _COUNT
+    outer, _COUNT = _COUNT, PieceCount()
+    try:
+        yield _COUNT
+    finally:
+        _COUNT = outer
+
+
+def count(pieces: int, copied: int = 0) -> None:
+    """Record one chunked call of ``pieces`` pieces (no-op unless :func:`counting` is active)."""
+    c = _COUNT
+    if c is not None:
+        c.calls += 1
+        c.pieces += pieces
+        c.copied += copied

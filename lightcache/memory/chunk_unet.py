@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from lightcache.memory.chunk_spec import chunk_hook_base
+from lightcache.memory.chunk_spec import chunk_hook_base, count
 
 
 def _slice_tree(x, n, b0, b1):
@@ -80,6 +80,7 @@ class BatchChunkHook(chunk_hook_base()):
                 out = piece.new_empty((n, *piece.shape[1:]))
             out[b0:b1] = piece
             del piece
+        count(-(-n // items), out.numel() * out.element_size())
         return out
 
 
@@ -131,6 +132,7 @@ class TemporalPixelChunkHook(chunk_hook_base()):
                 out = piece.new_empty((bf, seq, piece.shape[-1]))
             out[:, s0:s1] = piece
             del piece
+        count(-(-seq // pixels), out.numel() * out.element_size())
         return out
 
 

@@ -442,11 +442,22 @@ def _outside_lightcache() -> int:
     return level
 
 
+# denoisers whose structure the generic adapter would accept but whose outputs lightcache cannot
+# reuse yet: refused at enable() rather than failing mid-call
+_KNOWN_UNSUPPORTED = {
+    "LTX2VideoTransformer3DModel": "its forward returns two predictions (video and audio) and lightcache's "
+                                   "step-level reuse handles one output stream; LTX-2 is not supported yet",
+}
+
+
 def _build(model: nn.Module) -> GenericAdapter:
     cls = type(model)
     name = cls.__name__
     if not isinstance(model, nn.Module):
         raise GenericAdapterRefusal(name, "it is not a torch module")
+    for base in cls.__mro__:
+        if base.__name__ in _KNOWN_UNSUPPORTED:
+            raise GenericAdapterRefusal(name, _KNOWN_UNSUPPORTED[base.__name__])
     if isinstance(getattr(model, "down_blocks", None), nn.ModuleList) and isinstance(getattr(model, "up_blocks", None), nn.ModuleList):
         # a UNet's up blocks change resolution and take skip connections: no residual of theirs is a
         # feature to reuse, and DeepCache needs the family's skip structure

@@ -13,9 +13,12 @@ Scenarios, each one simulated pipeline call (lightcache.simulate.pipeline.run):
 MemoryPlan settings in order of expected cost and keeps the first whose pipeline peak (weights +
 inputs + live bytes, every phase) fits. Two passes, the first with exact plans only:
 
-1. denoise: no plan; ``swap="on"``; then feature chunk at 16384, 8192, 4096, 2048, 1024 tokens
-   (exact; each halving adds per-piece launches: largest first; sizes at or above the sequence
-   are skipped);
+1. denoise: no plan; ``swap="on"``; feature chunk without swap (skipped where the device cache
+   alone with the weights exceeds the cap), then with swap: the largest of 16384, 8192, ..., 256
+   rows whose denoise fits (sizes at or above the sequence skipped): the largest first, then bisection
+   (the denoise peak falls as the chunk shrinks: at most 4 simulations for the 7 sizes, the small
+   chunks, slowest to simulate, only when the larger ones do not fit), as fewer, larger pieces
+   cost less (below); simulations are shared by the offload modes and the caps;
 2. decode (for the first denoise setting that fits): no plan; then ``decode_slices`` with
    ``decode_to_host=True`` among the slice sizes lightcache decodes exactly for this VAE (the same
    check ``enable`` warns with): the smallest first (if it does not fit, none does), then the
@@ -35,6 +38,22 @@ inputs + live bytes, every phase) fits. Two passes, the first with exact plans o
 The cost order is a statement of expected run-time cost, not a measurement: swapping overlaps its
 copies with compute; chunking costs Python and kernel launches per piece; fp8 and tiles change the
 output; model offload moves each model once per call, group offload every block at every step.
+
+The cost model of a chosen plan (``fit["expected_cost"]``, printed under the verdict): counted in
+the plan's own simulated call (:func:`lightcache.memory.chunk_spec.counting`), per denoiser call,
+
+    expected slowdown = extra pieces x piece_overhead  (+ the piece copies, bytes, stated)
+
+where an extra piece is one more pass of a chunked module (a block over a sequence piece: key and
+query pass; a UNet module over a frame/pixel chunk; a FeedForward or attention call over a row
+chunk) than the unchunked call runs, the copies are the rows written piece by piece into
+preallocated outputs and key/value buffers, and ``piece_overhead`` is what one extra piece costs as
+a share of a denoiser call without a plan. That share depends on the device and model size (its
+Python and kernel launches against the piece's compute), so the planner does not assume one:
+given ``piece_overhead=`` (benchmarks/chunk_overhead.py measures it, the ``piece_overhead`` of its
+JSON) the cost is also stated in percent; swapping's copies to host memory are stated in bytes
+(overlapped with compute on CUDA). The search order follows the model: no plan, swap, then the
+chunk with the fewest pieces (the largest) that fits, without swap before with it.
 """
 
 from __future__ import annotations
@@ -54,7 +73,7 @@ from lightcache.simulate.pipeline import OFFLOADS, PHASES, Figures, build, run
 from lightcache.simulate.worst import ASSUMPTION, steps_for
 
 POLICIES = ("none", "easycache", "precise-base", "precise-turbo", "precise-flash", "deepcache")
-CHUNKS = (16384, 8192, 4096, 2048, 1024)
+CHUNKS = (16384, 8192, 4096, 2048, 1024, 512, 256)  # descending: fewest pieces first
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 GiB = 2**30
@@ -292,6 +311,8 @@ class PlanResult:
             lines.append(f"--fit {cap / GiB:.2f} GiB ({cap} bytes): {fit['verdict']}")
             for n in fit.get("notes", []):
                 lines.append(f"  {n}")
+            if fit.get("expected_cost"):
+                lines.append(f"  {fit['expected_cost']['text']}")
             if fit.get("line"):
                 lines.append(fit["line"])
         for n in self.notes:
@@ -349,6 +370,8 @@ class _Sim:
         self.steps = steps
         self.runs = 0
         self.memo = {}
+        self.counts = {}  # memo key -> PieceCount of that simulation
+        self.exact_slices = None
 
     def cached(self, policy, memory: dict, latent_only=False) -> Figures:
         """The simulation of ``MemoryPlan(**memory)`` (offload "none"), run once per setting."""
@@ -357,20 +380,31 @@ class _Sim:
         key = (tuple(sorted(memory.items())), latent_only)
         if key not in self.memo:
             self.memo[key] = self(policy, MemoryPlan(**memory), "none", latent_only)
+            self.counts[key] = self.last_count
         return self.memo[key]
+
+    def pieces(self, memory: dict, latent_only=True):
+        """The :class:`~lightcache.memory.chunk_spec.PieceCount` of the simulation of ``memory``
+        (None if it was not run)."""
+        return self.counts.get((tuple(sorted(memory.items())), latent_only))
 
     def __call__(self, policy, memory, offload="none", latent_only=False) -> Figures:
         kw = dict(self.built.kwargs)
         if latent_only:
             kw["output_type"] = "latent"
         self.runs += 1
-        return run(self.built.pipe, kw, policy=policy, memory=memory, attention=self.attention,
-                   steps=min(self.steps, steps_for(policy)), offload=offload)
+        from lightcache.memory.chunk_spec import counting
+
+        with counting() as c:
+            f = run(self.built.pipe, kw, policy=policy, memory=memory, attention=self.attention,
+                    steps=min(self.steps, steps_for(policy)), offload=offload)
+        self.last_count = c
+        return f
 
 
 def plan(model, *, height=None, width=None, frames=None, steps: int = 50, dtype="bf16", policy=None,
          memory=None, fit=None, attention: str = "auto", offload: str = "none", scale: str = "full",
-         guidance=None, peers: bool = False) -> PlanResult:
+         guidance=None, peers: bool = False, piece_overhead: Optional[float] = None) -> PlanResult:
     """Simulate ``model`` (a realistic configuration name, lightcache.bench_models.REALISTIC, or a
     local diffusers pipeline folder) on the meta device and return the :class:`PlanResult`
     (``.table()``, ``.as_dict()``, ``.plot(path)``). ``policy``: a name of :data:`POLICIES` or a
@@ -379,7 +413,10 @@ def plan(model, *, height=None, width=None, frames=None, steps: int = 50, dtype=
     to search a plan for; ``attention``: the SDPA backend (lightcache.simulate.attention);
     ``offload``: ``"none"``, ``"model"`` or ``"group"`` (which weights stay on the device);
     ``peers``: add diffusers' FirstBlockCache, MagCache and TaylorSeer, computed from the uncached
-    call's shapes (lightcache.simulate.peers)."""
+    call's shapes (lightcache.simulate.peers); ``piece_overhead``: the share of a denoiser call one
+    extra chunk piece costs, for the expected cost in percent (the module docstring's cost model).
+    ``model`` may also be a :class:`lightcache.simulate.pipeline.Built` (a pipeline already on the
+    meta device with its call kwargs)."""
     from lightcache.memory import MemoryPlan
     from lightcache.simulate.attention import BACKENDS
 
@@ -398,8 +435,14 @@ def plan(model, *, height=None, width=None, frames=None, steps: int = 50, dtype=
         caps = [parse_size(c.strip(), "fit") for c in fit.split(",")]
     else:
         caps = [parse_size(fit, "fit")]
+    if piece_overhead is not None and (isinstance(piece_overhead, bool) or not isinstance(piece_overhead, (int, float))
+                                       or not 0 <= piece_overhead < 1):
+        raise ValueError(f"piece_overhead must be a number in [0, 1) (a share of a denoiser call), got {piece_overhead!r}")
     mem = parse_memory(memory)
-    built = build(model, scale=scale, dtype=dtype, height=height, width=width, frames=frames)
+    from lightcache.simulate.pipeline import Built
+
+    built = model if isinstance(model, Built) else build(model, scale=scale, dtype=dtype, height=height, width=width,
+                                                         frames=frames)
     if guidance is not None:
         key = "max_guidance_scale" if "max_guidance_scale" in built.kwargs else "guidance_scale"
         built.kwargs[key] = float(guidance)
@@ -420,7 +463,9 @@ def plan(model, *, height=None, width=None, frames=None, steps: int = 50, dtype=
     fits = []
     base_scenarios = list(scenarios)
     for cap in caps:
-        fit_info = _fit(sim, pol, cap, base_scenarios, offload)
+        t_cap = time.perf_counter()
+        fit_info = _fit(sim, pol, cap, base_scenarios, offload, piece_overhead)
+        fit_info["seconds"] = time.perf_counter() - t_cap
         label = f"{pname} + plan (fit {_size_text(cap)})"
         if fit_info.get("memory") is not None:
             f = fit_info.pop("figures")
@@ -453,7 +498,7 @@ def plan(model, *, height=None, width=None, frames=None, steps: int = 50, dtype=
     notes.append("attention calls per backend (uncached run): " + ", ".join(f"{k} {v}" for k, v in sorted(used.items())))
     notes.append("peaks: resident weights + the call's inputs + device bytes alive at the phase's peak (the CPU "
                  "tracker's counting on meta tensors; kernels' workspaces and the allocator's rounding not included)")
-    return PlanResult(model=str(model), label=built.label, height=built.height, width=built.width, frames=built.frames,
+    return PlanResult(model=built.name if isinstance(model, Built) else str(model), label=built.label, height=built.height, width=built.width, frames=built.frames,
                       dtype=str(built.dtype).replace("torch.", ""), steps=steps, attention=attention,
                       scenarios=scenarios, caps=caps, fits=fits, notes=notes,
                       seconds=time.perf_counter() - t0)
@@ -484,7 +529,65 @@ def _fits(f: Figures, cap: int, phases=PHASES) -> bool:
 _MINIMUM = re.compile(r"the minimum is (\d+) bytes")
 
 
-def _fit(sim, pol, cap, scenarios, offload) -> dict:
+def _largest(chunks, fits):
+    """The largest of ``chunks`` (descending) for which ``fits``: the largest first (the cheapest to
+    simulate, fewest pieces, and at real sizes the usual answer), then bisection over the rest (a
+    smaller chunk never raises the peak), so the small chunks, slow to simulate, are tried only when
+    the larger ones do not fit: at most 1 + ceil(log2(len(chunks))) calls; None when none fits."""
+    if not chunks:
+        return None
+    if fits(chunks[0]):
+        return chunks[0]
+    lo, hi = 1, len(chunks)  # the answer's index is in [lo, hi]; hi == len: none fits
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(chunks[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return chunks[lo] if lo < len(chunks) else None
+
+
+def expected_cost(sim, cand: dict, piece_overhead=None) -> dict:
+    """The cost model of the module docstring for the denoise setting ``cand`` (MemoryPlan fields:
+    swap, chunk_size, cache_dtype), from its latent-only simulation's piece counts: a dict with ``extra_pieces_per_call``, ``copied_per_call``
+    (bytes), ``pieces_per_split_call``, ``swap_host_bytes``, ``percent`` (None without
+    ``piece_overhead``) and ``text``."""
+    from lightcache.memory import MemoryPlan
+
+    memory = MemoryPlan(**cand)
+    count = sim.pieces(cand) if memory.chunk_size else None
+    f = sim.memo.get((tuple(sorted(cand.items())), True))
+    calls = max(1, f.denoiser_calls if f is not None else 1)
+    extra = 0.0 if count is None else (count.pieces - count.calls) / calls
+    copied = 0 if count is None else count.copied // calls
+    per_split = None if count is None or not count.calls else count.pieces / count.calls
+    host = f.cache_host if f is not None and memory.swap == "on" else 0
+    percent = None if piece_overhead is None else 100.0 * piece_overhead * extra
+    parts = []
+    if memory.chunk_size:
+        parts.append(f"{extra:.1f} extra pieces per denoiser call (chunked calls run {per_split or 1:.1f} pieces "
+                     f"each; an extra piece: one more pass of a chunked module: its Python and kernel launches) + "
+                     f"{copied / 2**20:.2f} MiB of piece copies per call")
+    else:
+        parts.append("no chunking (0 extra pieces)")
+    if host:
+        parts.append(f"swap: cached features copied to host memory ({host / 2**20:.2f} MiB high-water; overlapped "
+                     "with compute on CUDA)")
+    if memory.cache_dtype == "fp8":
+        parts.append("fp8 cache: a cast per store and fetch")
+    if percent is not None:
+        head = f"expected cost: ~{percent:.0f} % slower than no plan (piece_overhead {piece_overhead:g} of a call), from "
+    elif not memory.chunk_size:
+        head = "expected cost: ~0 % slower than no plan from chunking, from "
+    else:
+        head = "expected cost: extra pieces x piece_overhead (the share of a denoiser call one extra piece costs: " \
+               "device-dependent, pass piece_overhead= for a percentage), from "
+    return dict(extra_pieces_per_call=extra, copied_per_call=copied, pieces_per_split_call=per_split,
+                swap_host_bytes=host, piece_overhead=piece_overhead, percent=percent, text=head + "; ".join(parts))
+
+
+def _fit(sim, pol, cap, scenarios, offload, piece_overhead=None) -> dict:
     """The search of the module doc; returns a dict (verdict, memory, line, figures, tried, ...).
 
     Offload only changes which weights are resident, never the live bytes: every simulated memory
@@ -508,21 +611,22 @@ def _fit(sim, pol, cap, scenarios, offload) -> dict:
             f"{under['model'] / GiB:.2f} GiB of weights, with group offload (block level, one block computing, the "
             f"next prefetched) {under['group'] / GiB:.2f} GiB")
     tokens = _tokens(sim)
-    exact_slices = _exact_slices(sim)
+    if sim.exact_slices is None:  # the same for every cap
+        sim.exact_slices = _exact_slices(sim)
+    exact_slices = sim.exact_slices
+    chunks = [c for c in CHUNKS if tokens is None or c < tokens]
     for lossy in (False, True):
-        candidates = [dict(swap="off")] if not lossy else []
-        if pol is not None and not lossy:
-            candidates.append(dict(swap="on"))
-        for c in CHUNKS:
-            if tokens is None or c < tokens:
-                cand = dict(swap="on" if pol is not None else "off", chunk_size=c)
-                if lossy:
-                    if pol is None:
-                        continue
-                    cand["cache_dtype"] = "fp8"
-                candidates.append(cand)
-        if lossy and pol is not None:
-            candidates.insert(0, dict(swap="on"))  # exact denoise, lossy decode
+        if not lossy:
+            candidates = [dict(swap="off")] + ([dict(swap="on")] if pol is not None else [])
+            if pol is not None:  # chunking alone: no swap copies (on CPU they are not overlapped)
+                candidates.append(("chunks", dict(swap="off")))
+            chunked = dict(swap="on" if pol is not None else "off")
+        else:
+            if pol is None:
+                continue
+            candidates = [dict(swap="on")]  # exact denoise, lossy decode
+            chunked = dict(swap="on", cache_dtype="fp8")
+        candidates.append(("chunks", chunked))
         for mode in modes:
             resident = stage_weights(sim.built.pipe, mode)
             if any(w + inputs > cap for w in resident.values()):
@@ -532,17 +636,33 @@ def _fit(sim, pol, cap, scenarios, offload) -> dict:
                                             f"({max(resident.values()) / GiB:.2f} GiB) and the inputs exceed the cap"))
                 continue
             decode_failed = set()  # (swap, cache_dtype) whose decode did not fit: a smaller chunk does not change it
-            for cand in candidates:
-                kind = (cand.get("swap"), cand.get("cache_dtype"))
-                if kind in decode_failed:
-                    continue
+
+            def denoise_fits(cand):
                 f = _with_offload(sim, sim.cached(pol, cand, latent_only=True), mode)
                 tried.append(dict(memory=str(cand), offload=mode, peak=max(f.peak["encode"], f.peak["denoise"]),
                                   stage="encode+denoise"))
-                if f.peak["encode"] > cap or f.peak["denoise"] > cap:
+                return f.peak["encode"] <= cap and f.peak["denoise"] <= cap
+
+            for cand in candidates:
+                if isinstance(cand, tuple):  # the largest chunk whose denoise fits
+                    base_cand = cand[1]
+                    if not lossy and pol is not None and base_cand["swap"] == "off":
+                        # the device cache stays whole: no chunk fits if it alone with the weights does not
+                        unplanned = _with_offload(sim, sim.cached(pol, dict(swap="off"), latent_only=True), mode)
+                        if unplanned.weights["denoise"] + inputs + unplanned.cache_at_peak["denoise"] > cap:
+                            continue
+                    c = _largest(chunks, lambda c: denoise_fits(dict(base_cand, chunk_size=c)))
+                    if c is None:
+                        continue
+                    cand = dict(base_cand, chunk_size=c)
+                elif not denoise_fits(cand):
+                    continue
+                kind = (cand.get("swap"), cand.get("cache_dtype"))
+                if kind in decode_failed:
                     continue
                 found = _fit_decode(sim, pol, cap, cand, mode, lossy, exact_slices, tried, notes)
                 if found is not None:
+                    found["expected_cost"] = expected_cost(sim, cand, piece_overhead)
                     return found
                 decode_failed.add(kind)
     done = [t for t in tried if t.get("peak") is not None and t["stage"] == "pipeline"]

@@ -18,6 +18,9 @@ def _rope_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
 
 class WanChunking(_Family):
     processor = ("diffusers.models.transformers.transformer_wan", "WanAttnProcessor")
+    # Wan Animate's module defines its own WanTransformerBlock/WanAttnProcessor (the same code): the
+    # block is found by its name, its processor is taken here
+    also_processors = (("diffusers.models.transformers.transformer_wan_animate", "WanAttnProcessor"),)
     cross_attn = "attn2"
     norm_before_heads = True
     rotary_arg = "rotary_emb"

@@ -1,0 +1,227 @@
+"""Run-time cost of feature chunking (MemoryPlan.chunk_size) against the same policy without it.
+
+Cases (each: one pipeline, one policy, a base plan and the plans compared with it):
+
+* ``animatediff``: AnimateDiff at the bench's tiny scale (``lightcache bench --model animatediff
+  --scale tiny``), DeepCache, 9 steps: ``MemoryPlan(swap="on")`` against the same with
+  ``chunk_size=256`` (issue target: ≤ 1.3×);
+* ``wan-proxy`` / ``unet-proxy``: the trained proxies of the bench (precise-flash / DeepCache), no
+  plan against swap alone, the bench's "+mem" plan and, with ``--fit``, the plan
+  ``lightcache.plan(..., fit=CAP)`` picks for the proxy (issue target: ≤ 1.05×).
+
+Each round runs every plan of a case once, in alternating order (one warm-up run each first);
+the ratios are of the median times: the process's CPU time (``time.process_time``, one torch
+thread: what the run itself costs, robust to other jobs on a shared machine), the wall-clock
+ratios recorded beside them. Outputs are compared with the base plan's (max abs
+difference). The pieces each plan runs are counted (lightcache.memory.chunk_spec.counting) and the
+planner's cost model fitted: ``piece_overhead`` = (ratio - 1) / extra pieces per denoiser call, the
+share of a denoiser call one extra piece cost here. Writes a JSON record (command, date, machine,
+versions, times, ratios, pieces, the fit's choice and expected cost).
+
+    python benchmarks/chunk_overhead.py [--cases animatediff,wan-proxy,unet-proxy] [--rounds 5]
+        [--fit wan-proxy=8.1MB,unet-proxy=21.5MiB+20MiB] [--json benchmarks/results/chunk_overhead_cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+import lightcache
+from lightcache import DeepCache, MemoryPlan, PreciseCache
+
+
+def _animatediff(steps):
+    from lightcache import bench_models
+
+    pipe, kw, _, desc = bench_models.build("animatediff", "cpu", steps, "tiny")
+    return pipe, kw, desc, DeepCache, {"swap": MemoryPlan(swap="on"),
+                                       "swap+chunk256": MemoryPlan(swap="on", chunk_size=256)}
+
+
+def _proxy(name):
+    def make(steps):
+        from lightcache.bench import _mem_plan
+        from lightcache.proxy import load
+
+        if not load.weights_available(name):
+            raise SystemExit(f"the proxy {name} is not trained in this installation")
+        pipe = load.load_proxy(name, device="cpu")
+        kw = load.call_kwargs(pipe, [0], num_inference_steps=steps, output_type="pt")
+        kw.pop("generator")
+        policy = (lambda: PreciseCache(mode="flash")) if name == "wan_proxy" else DeepCache
+        plans = {"no plan": None, "swap": MemoryPlan(swap="on"), "+mem (bench)": _mem_plan(pipe)}
+        return pipe, kw, f"trained proxy {name}", policy, plans
+
+    return make
+
+
+CASES = {"animatediff": _animatediff, "wan-proxy": _proxy("wan_proxy"), "unet-proxy": _proxy("unet_proxy")}
+
+
+def proxy_built(name):
+    """The proxy ``name`` as the planner's :class:`~lightcache.simulate.pipeline.Built`: its pipeline
+    moved to the meta device (the shapes the bench runs: fp32, the native clip, CFG)."""
+    from lightcache.proxy import load
+    from lightcache.simulate.pipeline import Built
+
+    key = name.replace("-", "_")
+    pipe = load.load_proxy(key, device="cpu")
+    kw = load.call_kwargs(pipe, [0], num_inference_steps=50, output_type="pt")
+    kw.pop("generator")
+    pipe.to("meta")
+    pipe.set_progress_bar_config(disable=True)
+    for comp in pipe.components.values():
+        if isinstance(comp, torch.nn.Module):
+            comp.eval().requires_grad_(False)
+    kw = {k: (v.to("meta") if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    family = "dit" if key == "wan_proxy" else "unet"
+    return Built(pipe, kw, name, f"trained proxy {key}", torch.float32, int(kw["height"]), int(kw["width"]),
+                 int(kw["num_frames"]), family)
+
+
+def _fit_plan(name, cap, piece_overhead=None):
+    """What ``lightcache.plan(..., fit=cap)`` picks for the proxy ``name``: (fit dict, MemoryPlan or
+    None, search seconds, the table)."""
+    from lightcache.simulate.planner import parse_memory
+
+    policy = "precise-flash" if name == "wan-proxy" else "deepcache"
+    res = lightcache.plan(proxy_built(name), policy=policy, fit=cap, piece_overhead=piece_overhead)
+    fit = res.fit
+    plan = None
+    if fit.get("memory"):  # the MemoryPlan(...) text enable_line prints, back to the object
+        fields = fit["memory"][len("MemoryPlan("):-1]
+        plan = parse_memory(",".join(p.replace("'", "") for p in fields.split(", ")))
+    return fit, plan, res.seconds, res.table()
+
+
+def _counted(pipe, kw, policy, plan):
+    """(extra pieces per denoiser call, denoiser calls) of one run of ``plan``."""
+    from lightcache.memory.chunk_spec import counting
+
+    den = getattr(pipe, "transformer", None) or pipe.unet
+    calls = []
+    handle = den.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with counting() as c:
+            _timed(pipe, kw, policy, plan)
+    finally:
+        handle.remove()
+    return (c.pieces - c.calls) / max(1, len(calls)), len(calls)
+
+
+def _timed(pipe, kw, policy, plan):
+    lightcache.enable(pipe, policy=policy(), memory=plan)
+    try:
+        w, c = time.perf_counter(), time.process_time()
+        out = pipe(**kw, generator=torch.Generator("cpu").manual_seed(0)).frames
+        return (time.process_time() - c, time.perf_counter() - w), torch.as_tensor(out)
+    finally:
+        lightcache.disable(pipe)
+
+
+def run_case(name, steps, rounds, fit=None, also=()):
+    from lightcache.simulate.planner import parse_memory
+
+    pipe, kw, desc, policy, plans = CASES[name](steps)
+    for spec in also:  # plans given on the command line ("swap=on,chunk_size=4096")
+        plans[spec] = parse_memory(spec)
+    pipe.set_progress_bar_config(disable=True)
+    record = {"case": name, "model": desc, "policy": policy().__class__.__name__, "steps": steps, "rounds": rounds}
+    if fit is not None and name != "animatediff":
+        record["fit"] = []
+        for cap in fit.split("+"):
+            try:
+                info, plan, seconds, table = _fit_plan(name, cap)
+            except Exception as e:  # the simulation failing is recorded, the timing goes on
+                record["fit"].append({"cap": cap, "error": f"{type(e).__name__}: {e}"})
+                print(f"{name:12s} fit {cap}: the planner failed: {type(e).__name__}: {e}")
+                continue
+            record["fit"].append({"cap": cap, "verdict": info["verdict"], "memory": info.get("memory"),
+                                  "expected_cost": info.get("expected_cost"), "search_seconds": seconds,
+                                  "table": table})
+            if plan is not None:
+                plans[f"fit {cap}"] = plan
+    names = list(plans)
+    base = names[0]
+    outs = {n: _timed(pipe, kw, policy, plans[n])[1] for n in names}  # warm-up, and the outputs compared
+    times = {n: [] for n in names}
+    walls = {n: [] for n in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for n in order:
+            (cpu, wall), _ = _timed(pipe, kw, policy, plans[n])
+            times[n].append(cpu)
+            walls[n].append(wall)
+    med = {n: statistics.median(v) for n, v in times.items()}
+    record["plans"] = {n: (None if p is None else repr(p)) for n, p in plans.items()}
+    record["cpu_times_s"] = times
+    record["wall_times_s"] = walls
+    record["median_cpu_s"] = med
+    record["median_wall_s"] = {n: statistics.median(v) for n, v in walls.items()}
+    record["wall_ratio_to_base"] = {n: record["median_wall_s"][n] / record["median_wall_s"][base] for n in names}
+    record["ratio_to_base"] = {n: med[n] / med[base] for n in names}
+    record["max_abs_diff_to_base"] = {n: float((outs[n].float() - outs[base].float()).abs().max()) for n in names}
+    # the planner's cost model: slowdown = extra pieces per denoiser call x piece_overhead; measured here
+    try:
+        extra = {n: _counted(pipe, kw, policy, plans[n])[0] for n in names}
+    except ImportError:  # a lightcache without piece counting (an older checkout, for before/after)
+        extra = {n: 0.0 for n in names}
+    record["extra_pieces_per_denoiser_call"] = extra
+    record["piece_overhead"] = {n: ((med[n] / med[base] - 1) / (extra[n] - extra[base]) if extra[n] > extra[base]
+                                    else None) for n in names}
+    for n in names:
+        o = record["piece_overhead"][n]
+        print(f"{name:12s} {n:22s} median cpu {med[n] * 1e3:7.1f} ms ratio {med[n] / med[base]:.3f} "
+              f"(wall {record['wall_ratio_to_base'][n]:.3f})  "
+              f"max|diff| {record['max_abs_diff_to_base'][n]:.2e}  extra pieces/call {extra[n]:.1f}"
+              + ("" if o is None else f"  piece_overhead {o:.4f}"))
+    for f in [f for f in record.get("fit", []) if "error" not in f]:
+        print(f"{name:12s} fit {f['cap']}: {f['verdict']}; {f['memory']}; search {f['search_seconds']:.1f} s; "
+              f"{(f['expected_cost'] or {}).get('text')}")
+    return record
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default="animatediff,wan-proxy,unet-proxy")
+    ap.add_argument("--steps", type=int, default=9)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--fit", default=None, help="caps for lightcache.plan(fit=...) on the proxies, "
+                    "wan-proxy=CAP,unet-proxy=CAP[+CAP...] (e.g. wan-proxy=8.1MB,unet-proxy=21.5MiB+20MiB)")
+    ap.add_argument("--also", action="append", default=[], metavar="CASE:PLAN",
+                    help="another plan to time for a case, e.g. unet-proxy:swap=on,chunk_size=4096 (repeatable)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    fits = dict(item.split("=", 1) for item in args.fit.split(",")) if args.fit else {}
+    also = [tuple(item.split(":", 1)) for item in args.also]
+    import diffusers
+
+    result = {
+        "benchmark": "chunk_overhead",
+        "command": "python " + " ".join(sys.argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {platform.system()} {platform.release()}, "
+                   f"{platform.processor() or 'cpu'}, threads {torch.get_num_threads()}",
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                     "python": platform.python_version(), "lightcache": getattr(lightcache, "__version__", None)},
+        "cases": [run_case(c, args.steps, args.rounds, fits.get(c), [s for k, s in also if k == c])
+                  for c in args.cases.split(",")],
+    }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
