@@ -138,13 +138,9 @@ def _wan_vae(s: _Seeder, z_dim: int):
     )
 
 
-def _build_wan(s: _Seeder):
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
-
-    z_dim, text_dim, seq = 4, 16, 16
-    vae = _wan_vae(s, z_dim)
-    s()
-    transformer = WanTransformer3DModel(
+def _wan_dit(s: _Seeder, cls, z_dim: int, text_dim: int, **overrides):
+    """A tiny Wan-layout DiT of class ``cls`` (2 blocks, 2 heads of 12); ``overrides`` add or replace config keys."""
+    config = dict(
         patch_size=(1, 2, 2),
         num_attention_heads=2,
         attention_head_dim=12,
@@ -158,80 +154,47 @@ def _build_wan(s: _Seeder):
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler, transformer=transformer)
-    kwargs = dict(
-        prompt_embeds=s.randn(1, seq, text_dim),
-        negative_prompt_embeds=s.randn(1, seq, text_dim),
-        height=32,
-        width=32,
-        num_frames=9,
-        guidance_scale=5.0,
-    )
-    return pipe, kwargs
-
-
-def _build_wan_i2v(s: _Seeder):
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanTransformer3DModel
-
-    # Wan 2.1 I2V layout: transformer input = noise latents (z) + 4 mask channels + encoded first frame
-    # (z), CLIP image tokens fed through `image_dim` and per-block added K/V projections. With
-    # `added_kv_proj_dim` set, the attention processor takes the last 512 context tokens as text, so
-    # the text embeddings must have exactly 512 tokens.
-    z_dim, text_dim, seq, clip_hidden = 4, 16, 512, 16
-    vae = _wan_vae(s, z_dim)
-    heads, head_dim = 2, 12
     s()
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=heads,
-        attention_head_dim=head_dim,
-        in_channels=2 * z_dim + 4,
-        out_channels=z_dim,
-        text_dim=text_dim,
-        freq_dim=32,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-        image_dim=clip_hidden,
-        added_kv_proj_dim=heads * head_dim,
-    )
-    image_encoder = _tiny_clip_vision(s, with_projection=False, hidden=clip_hidden)
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    pipe = WanImageToVideoPipeline(
-        tokenizer=None,
-        text_encoder=None,
-        vae=vae,
-        scheduler=scheduler,
-        image_processor=_clip_image_processor(32),
-        image_encoder=image_encoder,
-        transformer=transformer,
-    )
-    kwargs = dict(
-        image=_pil_image(s, 32, 32),
+    return cls(**{**config, **overrides})
+
+
+def _flow_match_scheduler(**config):
+    """A ``FlowMatchEulerDiscreteScheduler`` with ``config``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(**config)
+
+
+def _unipc_flow_scheduler(shift: float):
+    """UniPC on flow sigmas (flow prediction) with ``shift``, as SkyReels-V2 / Wan Animate run it."""
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)
+
+
+def _text_embeds(s: _Seeder, seq: int, text_dim: int) -> dict:
+    """Positive then negative (1, seq, text_dim) prompt embeddings."""
+    return dict(prompt_embeds=s.randn(1, seq, text_dim), negative_prompt_embeds=s.randn(1, seq, text_dim))
+
+
+def _masked_text_embeds(s: _Seeder, seq: int, text_dim: int, valid: int, negative_valid: int) -> dict:
+    """Positive then negative prompt embeddings with padded-tokenizer attention masks."""
+    return dict(
         prompt_embeds=s.randn(1, seq, text_dim),
+        prompt_attention_mask=_mask(seq, valid),
         negative_prompt_embeds=s.randn(1, seq, text_dim),
-        height=32,
-        width=32,
-        num_frames=9,
-        guidance_scale=5.0,
-    )
-    return pipe, kwargs
-
-
-def _build_hunyuan_video(s: _Seeder):
-    from diffusers import (
-        AutoencoderKLHunyuanVideo,
-        FlowMatchEulerDiscreteScheduler,
-        HunyuanVideoPipeline,
-        HunyuanVideoTransformer3DModel,
+        negative_prompt_attention_mask=_mask(seq, negative_valid),
     )
 
-    text_dim, pooled_dim, seq = 16, 8, 16
-    s()
-    transformer = HunyuanVideoTransformer3DModel(
+
+def _image_tensor(s: _Seeder, height: int, width: int) -> torch.Tensor:
+    """A (1, 3, H, W) image in [0, 1] with 8-bit values, like a decoded picture."""
+    return (s.rand(height, width, 3) * 255).to(torch.uint8).permute(2, 0, 1)[None].float() / 255
+
+
+def _hunyuan_dit(s: _Seeder, cls, text_dim: int, pooled_dim: int, **overrides):
+    """A tiny HunyuanVideo-layout DiT of class ``cls`` (1 dual + 1 single block); ``overrides`` add or replace keys."""
+    config = dict(
         in_channels=4,
         out_channels=4,
         num_attention_heads=2,
@@ -247,61 +210,57 @@ def _build_hunyuan_video(s: _Seeder):
         rope_axes_dim=(2, 4, 4),
     )
     s()
-    vae = AutoencoderKLHunyuanVideo(
+    return cls(**{**config, **overrides})
+
+
+def _hunyuan_vae(s: _Seeder, width: int = 8, groups: int = 4, spatial_ratio: int = 8):
+    """A tiny ``AutoencoderKLHunyuanVideo`` (4 levels of ``width`` channels, 4 latent channels)."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    s()
+    return AutoencoderKLHunyuanVideo(
         in_channels=3,
         out_channels=3,
         latent_channels=4,
         down_block_types=("HunyuanVideoDownBlock3D",) * 4,
         up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
+        block_out_channels=(width,) * 4,
         layers_per_block=1,
-        norm_num_groups=4,
-        spatial_compression_ratio=8,
+        norm_num_groups=groups,
+        spatial_compression_ratio=spatial_ratio,
         temporal_compression_ratio=4,
         mid_block_add_attention=True,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
-    pipe = HunyuanVideoPipeline(
+
+
+def _hunyuan_components(transformer, vae) -> dict:
+    """HunyuanVideo-style pipeline components: no text encoders, flow matching with shift 7."""
+    return dict(
         text_encoder=None,
         tokenizer=None,
         transformer=transformer,
         vae=vae,
-        scheduler=scheduler,
+        scheduler=_flow_match_scheduler(shift=7.0),
         text_encoder_2=None,
         tokenizer_2=None,
     )
-    # HunyuanVideo is guidance-distilled: `guidance_scale` only feeds the guidance embedding. Real
-    # (two-pass) CFG runs when true_cfg_scale > 1 and negative embeddings are given.
-    kwargs = dict(
+
+
+def _hunyuan_prompt_inputs(s: _Seeder, seq: int, text_dim: int, pooled_dim: int) -> dict:
+    """HunyuanVideo's prompt inputs: embeddings, pooled embeddings, masks (12 / 6 valid), positive then negative."""
+    return dict(
         prompt_embeds=s.randn(1, seq, text_dim),
         pooled_prompt_embeds=s.randn(1, pooled_dim),
         prompt_attention_mask=_mask(seq, 12),
         negative_prompt_embeds=s.randn(1, seq, text_dim),
         negative_pooled_prompt_embeds=s.randn(1, pooled_dim),
         negative_prompt_attention_mask=_mask(seq, 6),
-        height=32,
-        width=32,
-        num_frames=9,
-        guidance_scale=6.0,
-        true_cfg_scale=4.0,
-    )
-    return pipe, kwargs
-
-
-def _build_cogvideox(s: _Seeder):
-    from diffusers import (
-        AutoencoderKLCogVideoX,
-        CogVideoXDDIMScheduler,
-        CogVideoXPipeline,
-        CogVideoXTransformer3DModel,
     )
 
-    text_dim, seq = 16, 8
-    s()
-    transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=4,
-        attention_head_dim=8,
-        in_channels=4,
+
+def _cogvideox_dit_config(text_dim: int, seq: int) -> dict:
+    """The config keys the tiny CogVideoX-layout DiTs share (2 blocks, a 4 x 4 x 9-frame latent)."""
+    return dict(
         out_channels=4,
         time_embed_dim=8,
         text_embed_dim=text_dim,
@@ -313,8 +272,14 @@ def _build_cogvideox(s: _Seeder):
         temporal_compression_ratio=4,
         max_text_seq_length=seq,
     )
+
+
+def _cogvideox_vae(s: _Seeder):
+    """A tiny ``AutoencoderKLCogVideoX`` (4 levels of 8 channels, 4 latent channels)."""
+    from diffusers import AutoencoderKLCogVideoX
+
     s()
-    vae = AutoencoderKLCogVideoX(
+    return AutoencoderKLCogVideoX(
         in_channels=3,
         out_channels=3,
         down_block_types=("CogVideoXDownBlock3D",) * 4,
@@ -325,8 +290,11 @@ def _build_cogvideox(s: _Seeder):
         norm_num_groups=2,
         temporal_compression_ratio=4,
     )
-    # CogVideoX-2b's scheduler config (v-prediction, zero-terminal-SNR, trailing spacing).
-    scheduler = CogVideoXDDIMScheduler(
+
+
+def _cogvideox_scheduler(cls):
+    """A ``cls`` scheduler with CogVideoX-2b's config (v-prediction, zero-terminal-SNR, trailing, SNR shift 3)."""
+    return cls(
         beta_schedule="scaled_linear",
         beta_start=0.00085,
         beta_end=0.012,
@@ -337,10 +305,93 @@ def _build_cogvideox(s: _Seeder):
         timestep_spacing="trailing",
         snr_shift_scale=3.0,
     )
+
+
+def _build_wan(s: _Seeder):
+    from diffusers import WanPipeline, WanTransformer3DModel
+
+    z_dim, text_dim, seq = 4, 16, 16
+    vae = _wan_vae(s, z_dim)
+    transformer = _wan_dit(s, WanTransformer3DModel, z_dim, text_dim)
+    scheduler = _flow_match_scheduler(shift=3.0)
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler, transformer=transformer)
+    kwargs = dict(**_text_embeds(s, seq, text_dim), height=32, width=32, num_frames=9, guidance_scale=5.0)
+    return pipe, kwargs
+
+
+def _build_wan_i2v(s: _Seeder):
+    from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
+
+    # Wan 2.1 I2V layout: transformer input = noise latents (z) + 4 mask channels + encoded first frame
+    # (z), CLIP image tokens fed through `image_dim` and per-block added K/V projections. With
+    # `added_kv_proj_dim` set, the attention processor takes the last 512 context tokens as text, so
+    # the text embeddings must have exactly 512 tokens.
+    z_dim, text_dim, seq, clip_hidden = 4, 16, 512, 16
+    vae = _wan_vae(s, z_dim)
+    transformer = _wan_dit(
+        s,
+        WanTransformer3DModel,
+        z_dim,
+        text_dim,
+        in_channels=2 * z_dim + 4,
+        image_dim=clip_hidden,
+        added_kv_proj_dim=2 * 12,  # heads x head dim
+    )
+    image_encoder = _tiny_clip_vision(s, with_projection=False, hidden=clip_hidden)
+    scheduler = _flow_match_scheduler(shift=3.0)
+    pipe = WanImageToVideoPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=vae,
+        scheduler=scheduler,
+        image_processor=_clip_image_processor(32),
+        image_encoder=image_encoder,
+        transformer=transformer,
+    )
+    kwargs = dict(
+        image=_pil_image(s, 32, 32),
+        **_text_embeds(s, seq, text_dim),
+        height=32,
+        width=32,
+        num_frames=9,
+        guidance_scale=5.0,
+    )
+    return pipe, kwargs
+
+
+def _build_hunyuan_video(s: _Seeder):
+    from diffusers import HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
+
+    text_dim, pooled_dim, seq = 16, 8, 16
+    transformer = _hunyuan_dit(s, HunyuanVideoTransformer3DModel, text_dim, pooled_dim)
+    vae = _hunyuan_vae(s)
+    pipe = HunyuanVideoPipeline(**_hunyuan_components(transformer, vae))
+    # HunyuanVideo is guidance-distilled: `guidance_scale` only feeds the guidance embedding. Real
+    # (two-pass) CFG runs when true_cfg_scale > 1 and negative embeddings are given.
+    kwargs = dict(
+        **_hunyuan_prompt_inputs(s, seq, text_dim, pooled_dim),
+        height=32,
+        width=32,
+        num_frames=9,
+        guidance_scale=6.0,
+        true_cfg_scale=4.0,
+    )
+    return pipe, kwargs
+
+
+def _build_cogvideox(s: _Seeder):
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    text_dim, seq = 16, 8
+    s()
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=4, attention_head_dim=8, in_channels=4, **_cogvideox_dit_config(text_dim, seq)
+    )
+    vae = _cogvideox_vae(s)
+    scheduler = _cogvideox_scheduler(CogVideoXDDIMScheduler)
     pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
     kwargs = dict(
-        prompt_embeds=s.randn(1, seq, text_dim),
-        negative_prompt_embeds=s.randn(1, seq, text_dim),
+        **_text_embeds(s, seq, text_dim),
         height=32,
         width=32,
         num_frames=9,
@@ -351,7 +402,7 @@ def _build_cogvideox(s: _Seeder):
 
 
 def _build_ltx(s: _Seeder):
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+    from diffusers import AutoencoderKLLTXVideo, LTXPipeline, LTXVideoTransformer3DModel
 
     text_dim, seq = 32, 16
     s()
@@ -382,13 +433,10 @@ def _build_ltx(s: _Seeder):
     )
     vae.use_framewise_encoding = False
     vae.use_framewise_decoding = False
-    scheduler = FlowMatchEulerDiscreteScheduler()
+    scheduler = _flow_match_scheduler()
     pipe = LTXPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
     kwargs = dict(
-        prompt_embeds=s.randn(1, seq, text_dim),
-        prompt_attention_mask=_mask(seq, 12),
-        negative_prompt_embeds=s.randn(1, seq, text_dim),
-        negative_prompt_attention_mask=_mask(seq, 4),
+        **_masked_text_embeds(s, seq, text_dim, 12, 4),
         height=32,
         width=32,
         num_frames=9,
@@ -403,7 +451,6 @@ def _build_easyanimate(s: _Seeder):
         AutoencoderKLMagvit,
         EasyAnimatePipeline,
         EasyAnimateTransformer3DModel,
-        FlowMatchEulerDiscreteScheduler,
     )
 
     text_dim, seq = 16, 16
@@ -443,13 +490,10 @@ def _build_easyanimate(s: _Seeder):
         norm_num_groups=2,
         spatial_group_norm=False,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler()
+    scheduler = _flow_match_scheduler()
     pipe = EasyAnimatePipeline(vae=vae, text_encoder=None, tokenizer=None, transformer=transformer, scheduler=scheduler)
     kwargs = dict(
-        prompt_embeds=s.randn(1, seq, text_dim),
-        prompt_attention_mask=_mask(seq, 12),
-        negative_prompt_embeds=s.randn(1, seq, text_dim),
-        negative_prompt_attention_mask=_mask(seq, 4),
+        **_masked_text_embeds(s, seq, text_dim, 12, 4),
         height=32,
         width=32,
         num_frames=9,
@@ -605,8 +649,7 @@ def _build_animatediff(s: _Seeder):
         image_encoder=None,
     )
     kwargs = dict(
-        prompt_embeds=s.randn(1, seq, text_dim),
-        negative_prompt_embeds=s.randn(1, seq, text_dim),
+        **_text_embeds(s, seq, text_dim),
         height=32,
         width=32,
         num_frames=8,
@@ -635,8 +678,7 @@ def _build_text_to_video_sd(s: _Seeder):
     vae = _sd_vae(s)
     pipe = TextToVideoSDPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=_ddim())
     kwargs = dict(
-        prompt_embeds=s.randn(1, seq, text_dim),
-        negative_prompt_embeds=s.randn(1, seq, text_dim),
+        **_text_embeds(s, seq, text_dim),
         height=32,
         width=32,
         num_frames=8,

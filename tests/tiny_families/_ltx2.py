@@ -13,7 +13,7 @@ scheduler for the audio latents (the scheduler-copy change the SkyReels-V2 diffu
 pipeline needs applies). See the family report.
 """
 
-from tiny_pipelines import _mask, _Seeder
+from tiny_pipelines import _flow_match_scheduler, _masked_text_embeds, _Seeder
 
 FAMILY = "ltx2"
 
@@ -22,7 +22,6 @@ def build(s: _Seeder):
     from diffusers import (
         AutoencoderKLLTX2Audio,
         AutoencoderKLLTX2Video,
-        FlowMatchEulerDiscreteScheduler,
         LTX2Pipeline,
         LTX2VideoTransformer3DModel,
     )
@@ -68,14 +67,11 @@ def build(s: _Seeder):
         upsample_factors=[2, 2], resnet_kernel_sizes=[3], resnet_dilations=[[1]],
     )
     pipe = LTX2Pipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae, text_encoder=None, tokenizer=None,
+        scheduler=_flow_match_scheduler(), vae=vae, audio_vae=audio_vae, text_encoder=None, tokenizer=None,
         connectors=connectors, transformer=transformer, vocoder=vocoder,
     )
     kwargs = dict(
-        prompt_embeds=s.randn(1, seq, text_dim * factor),
-        prompt_attention_mask=_mask(seq, 6),
-        negative_prompt_embeds=s.randn(1, seq, text_dim * factor),
-        negative_prompt_attention_mask=_mask(seq, 3),
+        **_masked_text_embeds(s, seq, text_dim * factor, 6, 3),
         height=32,
         width=32,
         num_frames=9,

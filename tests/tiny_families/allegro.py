@@ -19,7 +19,7 @@ def build(s):
         EulerAncestralDiscreteScheduler,
     )
 
-    from tiny_pipelines import _mask
+    from tiny_pipelines import _masked_text_embeds
 
     text_dim, seq = 16, 8
     s()
@@ -54,11 +54,8 @@ def build(s):
     scheduler = EulerAncestralDiscreteScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
     pipe = AllegroPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
     kwargs = dict(
-        prompt_embeds=s.randn(1, seq, text_dim),
-        prompt_attention_mask=_mask(seq, 6),
+        **_masked_text_embeds(s, seq, text_dim, 6, 3),
         negative_prompt=None,  # the default "" would be encoded (no text encoder here)
-        negative_prompt_embeds=s.randn(1, seq, text_dim),
-        negative_prompt_attention_mask=_mask(seq, 3),
         height=16,
         width=16,
         num_frames=12,

@@ -22,9 +22,9 @@ def build(s):
         import pytest
 
         pytest.skip("ConsisIDPipeline needs OpenCV (opencv-python or opencv-python-headless), not installed")
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, ConsisIDPipeline, ConsisIDTransformer3DModel
+    from diffusers import CogVideoXDPMScheduler, ConsisIDPipeline, ConsisIDTransformer3DModel
 
-    from tiny_pipelines import _pil_image
+    from tiny_pipelines import _cogvideox_dit_config, _cogvideox_scheduler, _cogvideox_vae, _pil_image, _text_embeds
 
     text_dim, seq, id_dim, vit_dim, scales = 16, 8, 8, 8, 1
     s()
@@ -32,16 +32,7 @@ def build(s):
         num_attention_heads=3,  # the face attention's keys are 2/3 of the width wide (LFE_output_dim)
         attention_head_dim=16,  # the 3-D rotary tables split it 1/4 : 3/8 : 3/8, each part even
         in_channels=8,  # noisy latent + image latent
-        out_channels=4,
-        time_embed_dim=8,
-        text_embed_dim=text_dim,
-        num_layers=2,
-        sample_width=4,
-        sample_height=4,
-        sample_frames=9,
-        patch_size=2,
-        temporal_compression_ratio=4,
-        max_text_seq_length=seq,
+        **_cogvideox_dit_config(text_dim, seq),
         use_rotary_positional_embeddings=True,
         is_train_face=True,
         cross_attn_interval=1,
@@ -58,36 +49,14 @@ def build(s):
         LFE_ff_mult=1,
         LFE_num_scale=scales,
     )
-    s()
-    vae = AutoencoderKLCogVideoX(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("CogVideoXDownBlock3D",) * 4,
-        up_block_types=("CogVideoXUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=2,
-        temporal_compression_ratio=4,
-    )
-    scheduler = CogVideoXDPMScheduler(
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        clip_sample=False,
-        prediction_type="v_prediction",
-        rescale_betas_zero_snr=True,
-        set_alpha_to_one=True,
-        timestep_spacing="trailing",
-        # CogVideoX-2b's shift (ConsisID's is 1.0: with it this random tiny model drifts 0.167 under
-        # EasyCache's fp8 cache, past the matrix's 0.15)
-        snr_shift_scale=3.0,
-    )
+    vae = _cogvideox_vae(s)
+    # CogVideoX-2b's config, its SNR shift 3.0 included (ConsisID's is 1.0: with it this random tiny
+    # model drifts 0.167 under EasyCache's fp8 cache, past the matrix's 0.15)
+    scheduler = _cogvideox_scheduler(CogVideoXDPMScheduler)
     pipe = ConsisIDPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
     kwargs = dict(
         image=_pil_image(s, 32, 32),
-        prompt_embeds=s.randn(1, seq, text_dim),
-        negative_prompt_embeds=s.randn(1, seq, text_dim),
+        **_text_embeds(s, seq, text_dim),
         id_cond=s.randn(1, id_dim),
         id_vit_hidden=[s.randn(1, 5, vit_dim) for _ in range(scales)],
         height=32,

@@ -10,7 +10,7 @@ Offline: the Qwen2.5-VL and ByT5 text encoders run only without ``prompt_embeds`
 CFG-off variant cannot be asked for per call (``no_cfg=None``: skipped).
 """
 
-from tiny_pipelines import _mask
+from tiny_pipelines import _hunyuan_components, _mask
 
 FAMILY = "hunyuan_video15"
 
@@ -24,7 +24,6 @@ def build(s):
     from diffusers import (
         AutoencoderKLHunyuanVideo15,
         ClassifierFreeGuidance,
-        FlowMatchEulerDiscreteScheduler,
         HunyuanVideo15Pipeline,
         HunyuanVideo15Transformer3DModel,
     )
@@ -59,14 +58,7 @@ def build(s):
     # against (B, 1, S, S) queries only at batch 1 (diffusers 0.42): decode one video at a time
     vae.enable_slicing()
     pipe = HunyuanVideo15Pipeline(
-        text_encoder=None,
-        tokenizer=None,
-        transformer=transformer,
-        vae=vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
-        text_encoder_2=None,
-        tokenizer_2=None,
-        guider=ClassifierFreeGuidance(guidance_scale=6.0),
+        **_hunyuan_components(transformer, vae), guider=ClassifierFreeGuidance(guidance_scale=6.0)
     )
     # text-to-video passes all-zero image embeddings (masked out) of the vision encoder's 729
     # tokens: 16 at this size (the model takes any number)

@@ -15,9 +15,7 @@ of one latent frame (window 1). A call of several sections is tests/test_hunyuan
 (the matrix counts a call's decisions as steps x calls a step: one section).
 """
 
-import torch
-
-from tiny_pipelines import _mask
+from tiny_pipelines import _hunyuan_components, _hunyuan_dit, _hunyuan_prompt_inputs, _hunyuan_vae, _image_tensor
 
 FAMILY = "hunyuan_video_framepack"
 
@@ -45,75 +43,32 @@ def _siglip_processor():
     return SiglipImageProcessor(size={"height": 32, "width": 32})
 
 
-def _tiny_vae(s):
-    from diffusers import AutoencoderKLHunyuanVideo
-
-    # 4x spatial compression and 4 channels: the 8 x 8 latent from 32 pixels, decoded twice a call
-    s()
-    return AutoencoderKLHunyuanVideo(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        down_block_types=("HunyuanVideoDownBlock3D",) * 4,
-        up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-        block_out_channels=(4, 4, 4, 4),
-        layers_per_block=1,
-        norm_num_groups=2,
-        spatial_compression_ratio=4,
-        temporal_compression_ratio=4,
-        mid_block_add_attention=True,
-    )
-
-
 def build(s):
-    from diffusers import (
-        FlowMatchEulerDiscreteScheduler,
-        HunyuanVideoFramepackPipeline,
-        HunyuanVideoFramepackTransformer3DModel,
-    )
+    from diffusers import HunyuanVideoFramepackPipeline, HunyuanVideoFramepackTransformer3DModel
 
     text_dim, pooled_dim, seq = 16, 8, 16
-    s()
-    transformer = HunyuanVideoFramepackTransformer3DModel(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=10,
-        num_layers=1,
-        num_single_layers=1,
-        num_refiner_layers=1,
+    transformer = _hunyuan_dit(
+        s,
+        HunyuanVideoFramepackTransformer3DModel,
+        text_dim,
+        pooled_dim,
         patch_size=2,
-        patch_size_t=1,
-        guidance_embeds=True,
-        text_embed_dim=text_dim,
-        pooled_projection_dim=pooled_dim,
-        rope_axes_dim=(2, 4, 4),
         has_image_proj=True,
         image_proj_dim=IMAGE_DIM,
         has_clean_x_embedder=True,
     )
-    vae = _tiny_vae(s)
+    # 4x spatial compression and 4 channels: the 8 x 8 latent from 32 pixels, decoded twice a call
+    vae = _hunyuan_vae(s, width=4, groups=2, spatial_ratio=4)
     image_encoder = _tiny_siglip(s)
     pipe = HunyuanVideoFramepackPipeline(
-        text_encoder=None,
-        tokenizer=None,
-        transformer=transformer,
-        vae=vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
-        text_encoder_2=None,
-        tokenizer_2=None,
+        **_hunyuan_components(transformer, vae),
         image_encoder=image_encoder,
         feature_extractor=_siglip_processor(),
     )
     kwargs = dict(
         # a (1, 3, H, W) tensor in [0, 1] with 8-bit values: one image per prompt
-        image=(s.rand(32, 32, 3) * 255).to(torch.uint8).permute(2, 0, 1)[None].float() / 255,
-        prompt_embeds=s.randn(1, seq, text_dim),
-        pooled_prompt_embeds=s.randn(1, pooled_dim),
-        prompt_attention_mask=_mask(seq, 12),
-        negative_prompt_embeds=s.randn(1, seq, text_dim),
-        negative_pooled_prompt_embeds=s.randn(1, pooled_dim),
-        negative_prompt_attention_mask=_mask(seq, 6),
+        image=_image_tensor(s, 32, 32),
+        **_hunyuan_prompt_inputs(s, seq, text_dim, pooled_dim),
         height=32,
         width=32,
         num_frames=5,

@@ -11,9 +11,7 @@ processor only feeds LLaVA: all four are None here. The image goes through the V
 latent frame).
 """
 
-import torch
-
-from tiny_pipelines import _mask
+from tiny_pipelines import _hunyuan_components, _hunyuan_dit, _hunyuan_prompt_inputs, _hunyuan_vae, _image_tensor
 
 FAMILY = "hunyuan_video_i2v"
 
@@ -22,69 +20,28 @@ FAMILY = "hunyuan_video_i2v"
 MATRIX = dict(inexact_decode=True, no_cfg={"true_cfg_scale": 1.0}, cfg_calls=2, chunk=8)
 
 
-def tiny_vae(s):
-    from diffusers import AutoencoderKLHunyuanVideo
-
-    s()
-    return AutoencoderKLHunyuanVideo(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        down_block_types=("HunyuanVideoDownBlock3D",) * 4,
-        up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        norm_num_groups=4,
-        spatial_compression_ratio=8,
-        temporal_compression_ratio=4,
-        mid_block_add_attention=True,
-    )
-
-
 def build(s, image_condition_type="token_replace"):
-    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoImageToVideoPipeline, HunyuanVideoTransformer3DModel
+    from diffusers import HunyuanVideoImageToVideoPipeline, HunyuanVideoTransformer3DModel
 
     text_dim, pooled_dim, seq, z = 16, 8, 16, 4
-    s()
-    transformer = HunyuanVideoTransformer3DModel(
+    transformer = _hunyuan_dit(
+        s,
+        HunyuanVideoTransformer3DModel,
+        text_dim,
+        pooled_dim,
         in_channels=z if image_condition_type == "token_replace" else 2 * z + 1,
         out_channels=z,
-        num_attention_heads=2,
-        attention_head_dim=10,
-        num_layers=1,
-        num_single_layers=1,
-        num_refiner_layers=1,
-        patch_size=1,
-        patch_size_t=1,
-        guidance_embeds=True,
-        text_embed_dim=text_dim,
-        pooled_projection_dim=pooled_dim,
-        rope_axes_dim=(2, 4, 4),
         image_condition_type=image_condition_type,
     )
-    vae = tiny_vae(s)
-    pipe = HunyuanVideoImageToVideoPipeline(
-        text_encoder=None,
-        tokenizer=None,
-        transformer=transformer,
-        vae=vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
-        text_encoder_2=None,
-        tokenizer_2=None,
-        image_processor=None,
-    )
+    vae = _hunyuan_vae(s)
+    pipe = HunyuanVideoImageToVideoPipeline(**_hunyuan_components(transformer, vae), image_processor=None)
     # guidance-distilled like HunyuanVideo: two-pass CFG runs with true_cfg_scale > 1 and negative
     # embeddings
     kwargs = dict(
         # the image as a (1, 3, H, W) tensor in [0, 1] (8-bit values, like a decoded picture): a
         # tensor is a batch of images, one per prompt (the batch-2 variant stacks two)
-        image=(s.rand(32, 32, 3) * 255).to(torch.uint8).permute(2, 0, 1)[None].float() / 255,
-        prompt_embeds=s.randn(1, seq, text_dim),
-        pooled_prompt_embeds=s.randn(1, pooled_dim),
-        prompt_attention_mask=_mask(seq, 12),
-        negative_prompt_embeds=s.randn(1, seq, text_dim),
-        negative_pooled_prompt_embeds=s.randn(1, pooled_dim),
-        negative_prompt_attention_mask=_mask(seq, 6),
+        image=_image_tensor(s, 32, 32),
+        **_hunyuan_prompt_inputs(s, seq, text_dim, pooled_dim),
         height=32,
         width=32,
         num_frames=9,

@@ -10,7 +10,7 @@ hooks, and their attention's SDPA runs on a fused kernel: no chunk cell (chunk=N
 
 import torch
 
-from tiny_families.hunyuan_video_i2v import tiny_vae
+from tiny_pipelines import _hunyuan_vae
 
 FAMILY = "kandinsky5"
 
@@ -62,7 +62,7 @@ def build(s):
     from diffusers import FlowMatchEulerDiscreteScheduler, Kandinsky5T2VPipeline
 
     transformer = tiny_transformer(s)
-    vae = tiny_vae(s)
+    vae = _hunyuan_vae(s)
     pipe = Kandinsky5T2VPipeline(transformer=transformer, vae=vae, text_encoder=None, tokenizer=None,
                                  text_encoder_2=None, tokenizer_2=None,
                                  scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))

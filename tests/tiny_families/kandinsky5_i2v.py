@@ -21,10 +21,10 @@ MATRIX = dict(kandinsky5.MATRIX, frames=21)
 def build(s):
     from diffusers import FlowMatchEulerDiscreteScheduler, Kandinsky5I2VPipeline
 
-    from tiny_families.hunyuan_video_i2v import tiny_vae
+    from tiny_pipelines import _hunyuan_vae
 
     transformer = kandinsky5.tiny_transformer(s, visual_cond=True)
-    vae = tiny_vae(s)
+    vae = _hunyuan_vae(s)
     pipe = Kandinsky5I2VPipeline(transformer=transformer, vae=vae, text_encoder=None, tokenizer=None,
                                  text_encoder_2=None, tokenizer_2=None,
                                  scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))

@@ -11,7 +11,7 @@ FAMILY = "latte"
 def build(s):
     from diffusers import DDIMScheduler, LattePipeline, LatteTransformer3DModel
 
-    from tiny_pipelines import _sd_vae
+    from tiny_pipelines import _sd_vae, _text_embeds
 
     text_dim, seq, frames = 16, 8, 4
     s()
@@ -37,9 +37,8 @@ def build(s):
     scheduler = DDIMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=False)
     pipe = LattePipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
     kwargs = dict(
-        prompt_embeds=s.randn(1, seq, text_dim),
+        **_text_embeds(s, seq, text_dim),
         negative_prompt=None,  # the default "" would be encoded (no text encoder here)
-        negative_prompt_embeds=s.randn(1, seq, text_dim),
         height=32,
         width=32,
         video_length=frames,

@@ -9,9 +9,9 @@ FAMILY = "mochi"
 
 
 def build(s):
-    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
+    from diffusers import AutoencoderKLMochi, MochiPipeline, MochiTransformer3DModel
 
-    from tiny_pipelines import _mask
+    from tiny_pipelines import _flow_match_scheduler, _masked_text_embeds
 
     text_dim, seq = 16, 8
     s()
@@ -35,13 +35,10 @@ def build(s):
         add_attention_block=(False, False, False, False, False),
     )
     # Mochi's scheduler runs its sigmas inverted (the timesteps the transformer sees rise)
-    scheduler = FlowMatchEulerDiscreteScheduler(invert_sigmas=True)
+    scheduler = _flow_match_scheduler(invert_sigmas=True)
     pipe = MochiPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
     kwargs = dict(
-        prompt_embeds=s.randn(1, seq, text_dim),
-        prompt_attention_mask=_mask(seq, 6),
-        negative_prompt_embeds=s.randn(1, seq, text_dim),
-        negative_prompt_attention_mask=_mask(seq, 3),
+        **_masked_text_embeds(s, seq, text_dim, 6, 3),
         height=32,
         width=32,
         num_frames=13,

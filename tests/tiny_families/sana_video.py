@@ -11,7 +11,7 @@ argument is ``frames``, not ``num_frames``: the matrix's second-call variant (wh
 cross-attention's SDPA runs on a fused kernel: the matrix has no chunk cell for it (chunk=None).
 """
 
-from tiny_pipelines import _mask, _wan_vae
+from tiny_pipelines import _flow_match_scheduler, _masked_text_embeds, _wan_vae
 
 FAMILY = "sana_video"
 
@@ -20,7 +20,7 @@ MATRIX = dict(frames=None, chunk=None,
 
 
 def build(s):
-    from diffusers import FlowMatchEulerDiscreteScheduler, SanaVideoPipeline, SanaVideoTransformer3DModel
+    from diffusers import SanaVideoPipeline, SanaVideoTransformer3DModel
 
     text_dim, seq, z = 16, 16, 4
     vae = _wan_vae(s, z)
@@ -41,12 +41,9 @@ def build(s):
         rope_max_seq_len=32,
     )
     pipe = SanaVideoPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
-                             scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+                             scheduler=_flow_match_scheduler(shift=3.0))
     kwargs = dict(
-        prompt_embeds=s.randn(1, seq, text_dim),
-        prompt_attention_mask=_mask(seq, 12),
-        negative_prompt_embeds=s.randn(1, seq, text_dim),
-        negative_prompt_attention_mask=_mask(seq, 6),
+        **_masked_text_embeds(s, seq, text_dim, 12, 6),
         negative_prompt=None,  # its default "" would conflict with negative_prompt_embeds
         height=32,
         width=32,

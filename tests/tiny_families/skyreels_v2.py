@@ -1,47 +1,26 @@
 """SkyReels-V2 text-to-video (SkyReelsV2Pipeline): Wan's tiny sizes, in SkyReels-V2's classes."""
 
-from tiny_pipelines import _Seeder, _wan_vae
+from tiny_pipelines import _Seeder, _text_embeds, _unipc_flow_scheduler, _wan_dit, _wan_vae
 
 FAMILY = "skyreels_v2"
 
 
 def transformer(s: _Seeder, z_dim: int, text_dim: int, **extra):
+    """The tiny SkyReels-V2 DiT (Wan's layout)."""
     from diffusers import SkyReelsV2Transformer3DModel
 
-    s()
-    return SkyReelsV2Transformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=z_dim,
-        out_channels=z_dim,
-        text_dim=text_dim,
-        freq_dim=32,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-        **extra,
-    )
+    return _wan_dit(s, SkyReelsV2Transformer3DModel, z_dim, text_dim, **extra)
 
 
 def build(s: _Seeder):
-    from diffusers import SkyReelsV2Pipeline, UniPCMultistepScheduler
+    from diffusers import SkyReelsV2Pipeline
 
     z_dim, text_dim, seq = 4, 16, 16
     vae = _wan_vae(s, z_dim)
     model = transformer(s, z_dim, text_dim)
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0)
+    scheduler = _unipc_flow_scheduler(8.0)
     pipe = SkyReelsV2Pipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler, transformer=model)
-    kwargs = dict(
-        prompt_embeds=s.randn(1, seq, text_dim),
-        negative_prompt_embeds=s.randn(1, seq, text_dim),
-        height=32,
-        width=32,
-        num_frames=9,
-        guidance_scale=5.0,
-    )
+    kwargs = dict(**_text_embeds(s, seq, text_dim), height=32, width=32, num_frames=9, guidance_scale=5.0)
     return pipe, kwargs
 
 

@@ -1,34 +1,31 @@
 """SkyReels-V2 diffusion forcing (SkyReelsV2DiffusionForcingPipeline): per-frame timesteps, one
 scheduler copy per latent frame (the pipeline deep-copies its scheduler).
 
-Not collected yet (the leading underscore): with lightcache's scheduler taps in lightcache/engine.py
-as they are, the pipeline's deep copies of its tapped scheduler call the original scheduler's
-methods (copy.deepcopy keeps functions as they are), so every per-frame step advances the one
-original UniPC scheduler and the run fails (UniPC's ``assert self.this_order > 0``). Rename it to
-``skyreels_v2_df.py`` once the engine gives copies their own (tapped) step: the whole matrix then
-passes (68 cells, measured with that change applied).
+The engine gives the pipeline's deep copies of its tapped scheduler their own methods (a copy
+otherwise steps the original: UniPC's ``assert self.this_order > 0``), each ending the step once.
+Synchronous mode (``ar_step=0``) only: in asynchronous mode the pipeline runs more iterations than
+its scheduler has timesteps, and lightcache computes every later one.
 """
 
 from tiny_families.skyreels_v2 import transformer
-from tiny_pipelines import _Seeder, _wan_vae
+from tiny_pipelines import _Seeder, _text_embeds, _unipc_flow_scheduler, _wan_vae
 
 FAMILY = "skyreels_v2_df"
 
 
 def build(s: _Seeder):
-    from diffusers import SkyReelsV2DiffusionForcingPipeline, UniPCMultistepScheduler
+    from diffusers import SkyReelsV2DiffusionForcingPipeline
 
     z_dim, text_dim, seq = 4, 16, 16
     vae = _wan_vae(s, z_dim)
     model = transformer(s, z_dim, text_dim)
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0)
+    scheduler = _unipc_flow_scheduler(8.0)
     pipe = SkyReelsV2DiffusionForcingPipeline(
         tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler, transformer=model
     )
     kwargs = dict(
         prompt=None,  # a required argument of this pipeline; the embeddings are used
-        prompt_embeds=s.randn(1, seq, text_dim),
-        negative_prompt_embeds=s.randn(1, seq, text_dim),
+        **_text_embeds(s, seq, text_dim),
         height=32,
         width=32,
         num_frames=9,

@@ -2,7 +2,7 @@
 blocks), a control video with a mask (a reference image would add VAE encodes and a latent frame
 to every run: left out for time)."""
 
-from tiny_pipelines import _pil_image, _Seeder, _wan_vae
+from tiny_pipelines import _flow_match_scheduler, _pil_image, _Seeder, _text_embeds, _wan_dit, _wan_vae
 
 FAMILY = "wan_vace"
 
@@ -21,35 +21,19 @@ def _masks(n: int, size: int = 32):
 
 
 def build(s: _Seeder):
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanVACEPipeline, WanVACETransformer3DModel
+    from diffusers import WanVACEPipeline, WanVACETransformer3DModel
 
     z_dim, text_dim, seq = 4, 16, 16
     vae = _wan_vae(s, z_dim)
-    s()
     # control channels: inactive + reactive video latents (2 z) and the 8x8 spatial mask (64)
-    transformer = WanVACETransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=z_dim,
-        out_channels=z_dim,
-        text_dim=text_dim,
-        freq_dim=32,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-        vace_layers=[0, 1],
-        vace_in_channels=2 * z_dim + 64,
-    )
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    transformer = _wan_dit(s, WanVACETransformer3DModel, z_dim, text_dim, vace_layers=[0, 1],
+                           vace_in_channels=2 * z_dim + 64)
+    scheduler = _flow_match_scheduler(shift=3.0)
     pipe = WanVACEPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler, transformer=transformer)
     kwargs = dict(
         video=_frames(s, 9),
         mask=_masks(9),
-        prompt_embeds=s.randn(1, seq, text_dim),
-        negative_prompt_embeds=s.randn(1, seq, text_dim),
+        **_text_embeds(s, seq, text_dim),
         height=32,
         width=32,
         num_frames=9,
