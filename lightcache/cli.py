@@ -44,7 +44,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     try:
         result = plan(args.model, height=args.height, width=args.width, frames=args.frames, steps=args.steps,
                       dtype=args.dtype, policy=args.policy, memory=args.memory, fit=args.fit, attention=args.attention,
-                      offload=args.offload, scale=args.scale, guidance=args.guidance, peers=args.peers)
+                      offload=args.offload, scale=args.scale, guidance=args.guidance, peers=args.peers,
+                      piece_overhead=args.piece_overhead)
     except ValueError as e:
         print(f"lightcache plan: {e}", file=sys.stderr)
         return 2
@@ -93,6 +94,10 @@ def _add_plan(sub) -> None:
                    "configuration's)")
     p.add_argument("--peers", action="store_true", help="add diffusers' FirstBlockCache, MagCache and TaylorSeer "
                    "(their caches computed from the simulated shapes)")
+    p.add_argument("--piece-overhead", type=float, default=None, metavar="SHARE",
+                   help="what one extra chunk piece costs as a share of a denoiser call on your device (in [0, 1); "
+                        "benchmarks/chunk_overhead.py measures it): --fit then states its expected cost in percent "
+                        "(default: the cost stated as piece counts)")
     p.add_argument("--scale", default="full", help="full or tiny (the CPU smoke sizes)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON, - for stdout (default: "
                    "not written)")

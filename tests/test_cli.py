@@ -128,13 +128,30 @@ def test_list_methods_prints_each_with_families_and_install_state(capsys):
 
 
 PLAN_DEFAULTS = dict(height=None, width=None, frames=None, steps=50, dtype="bf16", policy=None, memory=None, fit=None,
-                     attention="auto", offload="none", guidance=None, peers=False, scale="full", json=None, png=None)
+                     attention="auto", offload="none", guidance=None, peers=False, scale="full", json=None, png=None,
+                     piece_overhead=None)
 
 
 def test_plan_flags_parse_as_before():
     args = cli.build_parser().parse_args(["plan", "--model", "wan2.1-1.3b"])
     assert {k: getattr(args, k) for k in PLAN_DEFAULTS} == PLAN_DEFAULTS and args.model == "wan2.1-1.3b"
     assert cli.build_parser().parse_args(["plan", "--model", "m", "--steps", "3", "--peers"]).steps == 3
+    assert cli.build_parser().parse_args(["plan", "--model", "m", "--piece-overhead", "0.02"]).piece_overhead == 0.02
+
+
+def test_plan_piece_overhead_reaches_the_fit_and_states_a_percentage(capsys):
+    """--piece-overhead: the --fit verdict's expected cost in percent; a share outside [0, 1) is
+    refused naming the argument."""
+    import json
+
+    assert cli.main(["plan", "--model", "wan2.1-1.3b", "--scale", "tiny", "--fit", "1MB", "--piece-overhead", "0.02",
+                     "--json", "-"]) == 0
+    cost = json.loads(capsys.readouterr().out)["fits"][0]["expected_cost"]  # at tiny size: swap + tiles, no chunk
+    assert cost["piece_overhead"] == 0.02
+    assert cost["percent"] == pytest.approx(100 * 0.02 * cost["extra_pieces_per_call"])
+    assert cost["text"].startswith("expected cost: ~0 % slower than no plan (piece_overhead 0.02 of a call)")
+    assert cli.main(["plan", "--model", "wan2.1-1.3b", "--scale", "tiny", "--piece-overhead", "1.5"]) == 2
+    assert "piece_overhead must be a number in [0, 1)" in capsys.readouterr().err
 
 
 def test_status_lines_come_before_the_model_loads(tmp_path, monkeypatch, capsys):
