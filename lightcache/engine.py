@@ -228,7 +228,9 @@ class Session:
         emptied pinned rings are kept for the next call (``keep_rings``; pinned allocation is slow),
         else freed."""
         store, self.store = self.store, None
-        self.policy_state = None
+        state, self.policy_state = self.policy_state, None
+        if state is not None and self.policy is not None:
+            self.policy.release_state(state)
         self._templates = {}
         self.run_active = False
         self._current_call = None

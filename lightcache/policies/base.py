@@ -118,6 +118,10 @@ class CachePolicy:
     def after_call(self, state: Any, call: CallInfo, x: Tensor) -> None:
         """End of a denoiser call (computed or not)."""
 
+    def release_state(self, state: Any) -> None:
+        """The run's state is dropped (the pipeline call ended, or raised): undo anything the
+        policy changed outside ``state`` (e.g. patched modules), so nothing is left behind."""
+
 
 # ---------------------------------------------------------------------------------------------
 # field validation shared by the policy dataclasses (errors name the field and the allowed range)

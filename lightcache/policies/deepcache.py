@@ -215,6 +215,9 @@ class DeepCache(CachePolicy):
             _unpatch_leftovers(run.denoiser)
         return DeepCacheState(store=run.store, run=run)
 
+    def release_state(self, state: DeepCacheState) -> None:
+        _unpatch(state)  # a call that raised inside a partial block: its patched layers go now
+
     def _roles(self, state: DeepCacheState) -> _Roles:
         if state.roles is None:
             state.roles = self._roles_of(state.run.denoiser)
