@@ -74,6 +74,12 @@ def enable(pipe_or_model, policy: Optional[CachePolicy] = None, memory=None):
     for d, adapter in zip(denoisers, found):
         if policy is not None:
             policy.check_model(adapter, d)
+            if adapter.extra_outputs and policy.extra_stream_reuse not in ("delta", "output"):
+                streams = ", ".join(f for _, f in adapter.extra_outputs)
+                raise ValueError(
+                    f"policy: {type(policy).__name__} cannot reuse {type(d).__name__}'s further output streams "
+                    f"({streams}); its extra_stream_reuse must be 'delta' or 'output' (see lightcache.policies.base)"
+                )
     if memory is not None:  # the plan's VAE check is per pipeline: one warning for an inexact decode
         memory.check_model(found[0], denoisers[0], pipe)
     sessions = [Session(d, a, policy, memory, pipe=pipe) for d, a in zip(denoisers, found)]

@@ -79,21 +79,22 @@ def _output_sample(out: Any) -> torch.Tensor:
 
 
 def _output_template(out: Any):
-    """How the denoiser packs its output, without keeping the output's tensors alive."""
+    """How the denoiser packs its output, without keeping any of the output's tensors alive."""
     if isinstance(out, torch.Tensor):
         return torch.Tensor
     if isinstance(out, tuple):
-        return (tuple, tuple(out[1:]))
+        return tuple
     return type(out)
 
 
-def _like_output(template: Any, sample: torch.Tensor) -> Any:
-    """``sample`` packed the way :func:`_output_template` described (tensor, tuple, output class)."""
+def _like_output(template: Any, sample: torch.Tensor, extras=(), fields=()) -> Any:
+    """``sample`` (and the further streams ``extras``, the output class's ``fields``) packed the way
+    :func:`_output_template` described (tensor, tuple, output class)."""
     if template is torch.Tensor:
         return sample
-    if isinstance(template, tuple):
-        return (sample,) + template[1]
-    return template(sample=sample)
+    if template is tuple:
+        return (sample,) + tuple(extras)
+    return template(sample=sample, **dict(zip(fields, extras)))
 
 
 class _StageClock:
@@ -321,6 +322,8 @@ class Session:
         An exception ends the pipeline call: nothing of it stays behind."""
         if name == "encode" and self.last_stage != "encode":
             self._new_report()  # the first stage of a new pipeline call
+        if self.recorder.closed:  # a VAE call by hand between pipeline calls: in no call's report
+            return fn(*args, **kwargs)
         self.last_stage = name
         try:
             with self.clock() as clock:
@@ -459,25 +462,55 @@ class Session:
         self._original_forward = original_forward
         self._call_args = (args, kwargs)
         policy, state = self.policy, self.policy_state
+        streams = self.adapter.extra_outputs if policy is not None else ()
         compute = True if policy is None else policy.should_compute(state, call, x)
         if compute:
             out = original_forward(*args, **kwargs)
             if policy is not None:
                 policy.after_compute(state, call, x, _output_sample(out))
+                if streams:
+                    self._keep_streams(call, args, kwargs, out)
             self._templates[call.branch] = _output_template(out)
         else:
             sample = policy.reused_output(state, call, x)
+            extras = self._reused_streams(call, args, kwargs) if streams else ()
             template = self._templates.get(call.branch)
             if kwargs.get("return_dict", True) is False:
-                out = (sample,)
+                out = (sample,) + extras
             elif template is not None:
-                out = _like_output(template, sample)
+                out = _like_output(template, sample, extras, [f for _, f in streams])
             else:
                 out = sample
         if policy is not None:
             policy.after_call(state, call, x)
         self._computed = compute
         return out
+
+    # the further output streams (ModelAdapter.extra_outputs, e.g. LTX-2's audio) follow the
+    # sample's decisions and are reused the way the policy reuses the sample; they live in the
+    # run's store like every cached feature (so the memory plan's swap and storage dtype apply)
+
+    def _keep_streams(self, call: CallInfo, args, kwargs, out) -> None:
+        kind = self.policy.extra_stream_reuse
+        inputs = self.adapter.extra_inputs(self.denoiser, args, kwargs)
+        for k, (x_k, out_k) in enumerate(zip(inputs, self.adapter.extra_output_values(out))):
+            if kind == "delta" and x_k.shape != out_k.shape:
+                raise ValueError(
+                    f"lightcache: {self.adapter.family}'s output stream {self.adapter.extra_outputs[k][1]!r} has shape "
+                    f"{tuple(out_k.shape)}, its input {tuple(x_k.shape)}: a reuse of input + change needs them equal"
+                )
+            self.store.put(("stream", call.branch, k), out_k - x_k if kind == "delta" else out_k)
+
+    def _reused_streams(self, call: CallInfo, args, kwargs) -> tuple:
+        kind = self.policy.extra_stream_reuse
+        inputs = self.adapter.extra_inputs(self.denoiser, args, kwargs)
+        if kind == "delta":
+            out = []
+            for k, x_k in enumerate(inputs):
+                delta, scale = self.store.get(("stream", call.branch, k))
+                out.append(torch.ops.lightcache.reuse(x_k, delta, scale))
+            return tuple(out)
+        return tuple(self.store.load(("stream", call.branch, k), copy=True) for k in range(len(inputs)))
 
 
 class _DenoiserHook(_model_hook_base()):

@@ -643,12 +643,15 @@ def test_trial_resizes_per_token_and_per_frame_timesteps():
         resized(layout, torch.zeros(1, 5))
 
 
-def test_ltx2_is_refused_at_enable_with_the_reason():
-    """Its blocks look generic, but its forward returns a video and an audio prediction."""
+def test_ltx2_with_its_registration_off_is_refused_at_enable_with_the_reason():
+    """Its blocks look generic, but its forward returns a video and an audio prediction, which only
+    the registered family declares."""
     from diffusers import LTX2VideoTransformer3DModel
 
     with torch.device("meta"):
         model = LTX2VideoTransformer3DModel(num_layers=1)
-    with pytest.raises(ValueError, match=r"LTX2VideoTransformer3DModel.*two predictions \(video and audio\)"):
-        lightcache.enable(model, policy=EasyCache())
+    with registry.unregistered("ltx2"):
+        with pytest.raises(ValueError, match=r"LTX2VideoTransformer3DModel.*two predictions \(video and audio\).*"
+                                             r"registered 'ltx2' family"):
+            lightcache.enable(model, policy=EasyCache())
     assert session_of(model) is None

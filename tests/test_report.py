@@ -160,6 +160,25 @@ def test_history_is_bounded_for_a_denoiser_driven_by_hand(wan):
         lightcache.disable(model)
 
 
+def test_a_vae_call_by_hand_between_pipeline_calls_is_in_no_report(wan):
+    """pipe.vae.decode / encode called by the user after a pipeline call (the recorder closed):
+    it runs (sliced, metered plans included) and changes neither the last report nor the history."""
+    pipe, kwargs = wan
+    lightcache.enable(pipe, policy=lightcache.EasyCache(threshold=10.0, warmup_steps=0),
+                      memory=lightcache.MemoryPlan(decode_slices=1, cpu_tracker=True))
+    try:
+        out = pipe(**dict(kwargs, output_type="latent"), generator=torch.Generator().manual_seed(0))
+        latents = out.frames if hasattr(out, "frames") else out[0]
+        before, history = lightcache.report(pipe), lightcache.history(pipe)
+        video = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
+        assert video.shape[2] == (latents.shape[2] - 1) * pipe.vae_scale_factor_temporal + 1
+        assert lightcache.report(pipe) == before and lightcache.history(pipe) == history
+        pipe(**kwargs, generator=torch.Generator().manual_seed(0))  # the next call still gets its report
+        assert len(lightcache.history(pipe)) == 2 and sum(t["stage"] == "decode" for t in lightcache.report(pipe).timeline) == 1
+    finally:
+        lightcache.disable(pipe)
+
+
 def test_failed_call_is_in_the_history(wan):
     pipe, kwargs = wan
     lightcache.enable(pipe)

@@ -35,6 +35,12 @@ class ModelAdapter:
     unet: True for video UNets (DeepCache), False for DiTs.
     layout: how the latent input/output maps to the canonical (B, C, T, H, W) video, and how a
         trial call on a pooled latent is made (lightcache.models.layout).
+    extra_outputs: further output streams of the denoiser beyond the sample, as (input argument,
+        output field) pairs: the denoiser's forward takes the stream's latent as that argument and
+        returns its prediction as that field of its output class (with ``return_dict=False``: the
+        tuple's next element, in this order). LTX-2: (("audio_hidden_states", "audio_sample"),).
+        A call that is not computed makes each of them the way the policy reuses the sample
+        (``CachePolicy.extra_stream_reuse``); the decisions are made on the sample alone.
     """
 
     family: str
@@ -44,6 +50,7 @@ class ModelAdapter:
     sample_arg: str = "hidden_states"
     unet: bool = False
     layout: LatentLayout = field(default=CHANNELS_FIRST)
+    extra_outputs: Tuple[Tuple[str, str], ...] = ()
 
     def blocks(self, model: nn.Module) -> List[nn.Module]:
         out: List[nn.Module] = []
@@ -106,6 +113,21 @@ class ModelAdapter:
     def pack_streams(self, streams: Tuple[torch.Tensor, ...]):
         """Streams packed as the blocks return them (one tensor, or a tuple of the streams)."""
         return streams[0] if len(self.block_outputs) == 1 else tuple(streams)
+
+
+    def extra_inputs(self, model: nn.Module, args: Sequence, kwargs: dict) -> Tuple[torch.Tensor, ...]:
+        """The latents of the further output streams (``extra_outputs``) in a denoiser call."""
+        bound = _bind(model, args, kwargs)
+        missing = [name for name, _ in self.extra_outputs if not isinstance(bound.get(name), torch.Tensor)]
+        if missing:
+            raise ValueError(f"{self.family}: the denoiser was called without its stream input(s) {missing}")
+        return tuple(bound[name] for name, _ in self.extra_outputs)
+
+    def extra_output_values(self, out) -> Tuple[torch.Tensor, ...]:
+        """The further output streams' predictions (``extra_outputs``) in a denoiser output."""
+        if isinstance(out, (tuple, list)):
+            return tuple(out[1 : 1 + len(self.extra_outputs)])
+        return tuple(getattr(out, f) for _, f in self.extra_outputs)
 
 
 def _bind(block: nn.Module, args: Sequence, kwargs: dict) -> dict:

@@ -442,11 +442,12 @@ def _outside_lightcache() -> int:
     return level
 
 
-# denoisers whose structure the generic adapter would accept but whose outputs lightcache cannot
-# reuse yet: refused at enable() rather than failing mid-call
+# denoisers whose structure the generic adapter would accept but whose outputs it cannot reuse:
+# refused at enable() rather than failing mid-call (when their registered family is switched off)
 _KNOWN_UNSUPPORTED = {
-    "LTX2VideoTransformer3DModel": "its forward returns two predictions (video and audio) and lightcache's "
-                                   "step-level reuse handles one output stream; LTX-2 is not supported yet",
+    "LTX2VideoTransformer3DModel": "its forward returns two predictions (video and audio), which the generic "
+                                   "adapter cannot tell from the structure; the registered 'ltx2' family declares "
+                                   "the audio stream",
 }
 
 

@@ -84,6 +84,12 @@ class CachePolicy:
 
     #: policies that skip work inside a computed call set this and implement block_begin/block_end
     block_level: bool = False
+    #: how a call that is not computed makes a denoiser's further output streams (an adapter's
+    #: ``extra_outputs``, e.g. LTX-2's audio), the way the policy makes the sample: "delta" -- the
+    #: stream's input + (output - input) of the branch's last computed call (EasyCache), "output" --
+    #: the last computed call's output (PreciseCache); None -- the policy cannot, and such denoisers
+    #: are refused at enable(). The engine keeps them in the run's store.
+    extra_stream_reuse: Optional[str] = None
 
     def check_model(self, adapter, model) -> None:
         """Refuse (ValueError naming the field or the family) a model this policy cannot run on;

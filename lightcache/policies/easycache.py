@@ -82,6 +82,7 @@ class EasyCache(CachePolicy):
 
     threshold: float = 0.05
     warmup_steps: int = 10
+    extra_stream_reuse = "delta"  # a reused call is input + the branch's last change (not a field)
 
     def __post_init__(self):
         # stored normalised (plain float/int): see the field checks in lightcache.policies.base

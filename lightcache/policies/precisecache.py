@@ -139,6 +139,7 @@ class PreciseCache(CachePolicy):
     signal: str = "trial"
     trial_downsample: Tuple[int, int, int] = (2, 4, 4)
     radius_ratio: float = 0.2
+    extra_stream_reuse = "output"  # a reused call returns the branch's last prediction (not a field)
 
     def __post_init__(self):
         def put(name, value):  # stored normalised (plain str/float/int): see lightcache.policies.base

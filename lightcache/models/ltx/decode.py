@@ -28,29 +28,37 @@ class LTXSlicer(TemporalWindowSlicer):
         cfg = self.vae.config
         if any(cfg.decoder_inject_noise):
             raise ValueError(
-                "MemoryPlan.decode_slices: this AutoencoderKLLTXVideo injects random noise in its decoder, drawn per "
+                f"MemoryPlan.decode_slices: this {type(self.vae).__name__} injects random noise in its decoder, drawn per "
                 "decoder call, so a sliced decode would draw different noise; sliced decode is not offered for it"
             )
         if cfg.patch_size_t != 1:
             raise ValueError(
-                f"MemoryPlan.decode_slices: AutoencoderKLLTXVideo with patch_size_t={cfg.patch_size_t} is not "
+                f"MemoryPlan.decode_slices: {type(self.vae).__name__} with patch_size_t={cfg.patch_size_t} is not "
                 "supported (1 is)"
             )
+
+    def _conv_classes(self):
+        """(temporal conv class, upsampler class) of this VAE's decoder."""
+        from diffusers.models.autoencoders.autoencoder_kl_ltx import LTXVideoCausalConv3d, LTXVideoUpsampler3d
+
+        return LTXVideoCausalConv3d, LTXVideoUpsampler3d
+
+    def _is_causal(self, conv) -> bool:
+        return conv.is_causal
 
     def receptive_radius(self) -> int:
         """Latent frames on either side that can reach an output frame through the decoder's
         temporal convs (each conv's reach divided by the temporal upsampling before it), rounded up."""
-        from diffusers.models.autoencoders.autoencoder_kl_ltx import LTXVideoCausalConv3d, LTXVideoUpsampler3d
-
+        conv_cls, upsampler_cls = self._conv_classes()
         upsampler_conv = {}
         for m in self.vae.decoder.modules():
-            if isinstance(m, LTXVideoUpsampler3d):
+            if isinstance(m, upsampler_cls):
                 upsampler_conv[id(m.conv)] = m.stride[0]
         reach, rate = 0.0, 1
         for m in self.vae.decoder.modules():  # registration order is execution order in this decoder
-            if isinstance(m, LTXVideoCausalConv3d):
+            if isinstance(m, conv_cls):
                 k = m.kernel_size[0]
-                reach += ((k - 1) if m.is_causal else (k - 1) // 2) / rate
+                reach += ((k - 1) if self._is_causal(m) else (k - 1) // 2) / rate
                 rate *= upsampler_conv.get(id(m), 1)
         return math.ceil(reach)
 
@@ -78,13 +86,14 @@ class LTXSlicer(TemporalWindowSlicer):
             "first tile is shifted by one)"
         )
 
-    def _window(self, z, temb):
+    def _window(self, z, temb, extra):
         vae = self.vae
         lmh = vae.tile_sample_min_height // vae.spatial_compression_ratio
         lmw = vae.tile_sample_min_width // vae.spatial_compression_ratio
+        more = {k: v for k, v in extra.items() if k != "temb"}  # LTX-2's causal
         if vae.use_tiling and (z.shape[-1] > lmw or z.shape[-2] > lmh):
-            return vae.tiled_decode(z, temb, return_dict=True).sample
-        return vae.decoder(z, temb)
+            return vae.tiled_decode(z, temb, return_dict=True, **more).sample
+        return vae.decoder(z, temb, **more)
 
     def probe_limit(self, s):
         return 2 + math.ceil(self.overlap() / s)  # up to the first slice with context on both sides
@@ -104,7 +113,7 @@ class LTXSlicer(TemporalWindowSlicer):
                 break
             t1 = min(t, t0 + s)
             a0, a1 = max(0, t0 - halo), min(t, t1 + halo)
-            dec = self._window(z[:, :, a0:a1], temb)
+            dec = self._window(z[:, :, a0:a1], temb, extra)
             if dec.shape[2] != r * (a1 - a0 - 1) + 1:
                 raise RuntimeError(
                     f"lightcache sliced decode: LTX decoder gave {dec.shape[2]} frames for {a1 - a0} latent frames"

@@ -35,9 +35,13 @@ class LTXLayout(LatentLayout):
     tensor_format = None  # no frame axis: FasterCache cannot split it
     channel_dim = 2
 
+    def forward_fn(self):
+        """The denoiser's forward whose signature names the call's arguments."""
+        return _forward()
+
     def grid(self, call_args, call_kwargs):
         """(T, H, W) of the call's token grid, from its num_frames/height/width arguments."""
-        call = CallArguments(_forward(), call_args, call_kwargs or {})
+        call = CallArguments(self.forward_fn(), call_args, call_kwargs or {})
         values = [call.get(name) for name in _GRID_ARGS]
         if any(v is None for v in values):
             how = "passes video_coords" if call.get("video_coords") is not None else "does not pass them"

@@ -1,17 +1,14 @@
 """LTX-2 (LTX2Pipeline): a tiny random-weight pipeline, built offline from configs (transformer,
 text connectors, video VAE, audio VAE, vocoder; precomputed prompt embeddings, no Gemma).
 
-Not collected (the leading underscore) and no lightcache family is registered for
-LTX2VideoTransformer3DModel yet: its denoiser returns two predictions (video, audio), and
-lightcache/engine.py reuses only the first -- a reused call returns ``(video,)`` under
-``return_dict=False`` and the pipeline's ``noise_pred_video, noise_pred_audio = ...`` fails
-("not enough values to unpack (expected 2, got 1)"); with a tuple template it would return the
-last computed call's audio prediction. Its default guidance also makes three denoiser calls a step
-in contexts "cond_uncond", "uncond_stg", "uncond_modality", which the engine all names branch
-"joint" (refused as a repeated branch); STG and modality guidance are off here. It deep-copies its
-scheduler for the audio latents (the scheduler-copy change the SkyReels-V2 diffusion-forcing
-pipeline needs applies). See the family report.
+Its denoiser returns two predictions, video and audio: the family's adapter declares the audio
+as a further output stream (lightcache/models/ltx2), reused with the video's decisions. The
+matrix compares the video; tests/test_family_ltx2.py checks the audio too (bit-identical when
+lossless, reused with the video, swapped through the store) and the pipeline's three guidance
+calls a step (STG and modality guidance on), which are off here (one batched cond/uncond call a
+step). The pipeline deep-copies its scheduler for the audio latents (the engine taps copies).
 """
+
 
 from tiny_pipelines import _flow_match_scheduler, _masked_text_embeds, _Seeder
 
@@ -50,7 +47,7 @@ def build(s: _Seeder):
     # match (text-to-video never runs the encoder)
     vae = AutoencoderKLLTX2Video(
         latent_channels=8, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 16, 32),
-        layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1), spatio_temporal_scaling=(True,) * 4,
+        layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(0, 0, 0, 0), spatio_temporal_scaling=(True,) * 4,
         decoder_spatio_temporal_scaling=(True,) * 3, decoder_inject_noise=(False,) * 4, upsample_factor=(2, 2, 2),
         patch_size=1, patch_size_t=1, spatial_compression_ratio=8, temporal_compression_ratio=8,
     )
@@ -86,4 +83,6 @@ def build(s: _Seeder):
     return pipe, kwargs
 
 
-MATRIX = dict(notes="not collected: see the module docstring")
+# one batched cond/uncond call a step; 17 frames (3 latent frames) for the second-size call; the
+# blocks have no DiT chunk spec: chunking splits their feed-forward layers and attention queries
+MATRIX = dict(frames=17, chunk=8)
