@@ -14,7 +14,9 @@ For each method the pipeline runs with the same seed and inputs as the uncached 
   * fidelity against the reference's video: PSNR (clip-pooled), SSIM (per frame), flicker — "n/a
     (random weights)" for random-weight models, whose trajectories mean nothing;
   * memory per stage: CUDA allocator peaks, or on CPU the deterministic live-tensor tracker;
-  * reuse ratio (lightcache methods).
+  * reuse ratio (lightcache methods), and for every method the fraction of block FLOPs it ran
+    (matmuls and attention inside the denoiser's blocks, counted by torch's FLOP counter, over the
+    reference's: :class:`BlockFlops`), which separates how much a policy skips from per-call costs.
 Outputs: a table on the terminal, ``results.json``, ``pareto.png`` (speed-up vs PSNR),
 ``memory.png`` (peak per stage), ``timeline.png`` (memory over time by stage, reference vs. our
 fastest method), ``side_by_side.gif`` (reference and each method, labelled; its middle frame as
@@ -36,7 +38,8 @@ MagCache needs per-model ``mag_ratios``: the bench first runs diffusers' own cal
 (``MagCacheConfig(calibrate=True)``, one uncached run on another seed) and says so.
 
 ``--sweep`` runs each threshold-like knob (EasyCache τ, PreciseCache α, FirstBlockCache threshold,
-TaylorSeer cache interval, PAB skip range, MagCache threshold) over a few settings and compares
+TaylorSeer cache interval, PAB skip range, MagCache threshold, cache-dit's residual threshold with
+and without its TaylorSeer calibrator) over a few settings and compares
 PSNR at matched speed-up (see :func:`matched_comparison`); it needs a trained model.
 """
 
@@ -290,18 +293,99 @@ def _not_installed(module: str, pip_name: str):
     return check
 
 
-def _cache_dit():
+# cache-dit's documented default is DBCache F8B0 (Fn_compute_blocks=8 first blocks always computed,
+# Bn_compute_blocks=0 last ones), residual_diff_threshold 0.08, max_warmup_steps 8
+# (cache_dit/caching/cache_contexts/cache_config.py and its user guide on DBCache). Fn must not
+# exceed the block count (it asserts), and its docs show F1B0 (first block only, FBCache's scheme)
+# as the fast setting and recommend TaylorSeer with "DBCache FnB0". The rule here, from the depth:
+# F8B0 when the denoiser has at least 16 blocks (half or more of them left to cache), else F1B0.
+CACHE_DIT_FN_DEEP, CACHE_DIT_DEEP_BLOCKS = 8, 16
+CACHE_DIT_THRESHOLD = 0.08  # DBCacheConfig's default residual_diff_threshold
+CACHE_DIT_WARMUP = 8  # DBCacheConfig's default max_warmup_steps, for its 28-50-step examples
+
+
+def cache_dit_blocks(pipe) -> List[int]:
+    """Block count of each block list cache-dit's registered adapter for ``pipe`` caches; a
+    ValueError saying why when cache-dit has no adapter for the pipeline (it matches pipelines by
+    class-name prefix: Wan*, HunyuanVideo*, CogVideoX*, LTX*, ...)."""
+    from cache_dit import BlockAdapter, BlockAdapterRegister
+
+    name = type(pipe).__name__
+    if not BlockAdapterRegister.is_supported(pipe):
+        raise ValueError(f"cache-dit has no block adapter for {name} (cache_dit.supported_pipelines() lists "
+                         "the pipeline-name prefixes it matches)")
+    with _cache_dit_quiet():
+        adapter = BlockAdapter.normalize(BlockAdapterRegister.get_adapter(pipe), unique=False)
+    return [len(blocks) for blocks in BlockAdapter.flatten(adapter.blocks)]
+
+
+def cache_dit_fn(num_blocks: int) -> int:
+    """Fn_compute_blocks for a block list of ``num_blocks`` blocks (the rule above)."""
+    return CACHE_DIT_FN_DEEP if num_blocks >= CACHE_DIT_DEEP_BLOCKS else 1
+
+
+def _cache_dit_quiet():
+    """cache-dit logs every adapter match and hook release at INFO/WARNING to stdout, where the
+    bench's table goes: its loggers are raised to ERROR while the bench calls it."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def quiet():
+        loggers = [logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict)
+                   if n == "CACHE_DIT" or n.startswith("cache_dit")]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+    return quiet()
+
+
+def _cache_dit(threshold=None, taylorseer=False):
+    """cache-dit's DBCache through its own API (``cache_dit.enable_cache(pipe, cache_config=...)``,
+    its registered adapter for the pipeline), Fn from the depth (:func:`cache_dit_fn`), B0; with
+    ``taylorseer`` its TaylorSeer calibrator (order 1, its default) on the cached blocks' residual."""
+    threshold = CACHE_DIT_THRESHOLD if threshold is None else threshold
+    settings = {"residual_diff_threshold": threshold, "Fn_compute_blocks": f"{CACHE_DIT_FN_DEEP} if >= "
+                f"{CACHE_DIT_DEEP_BLOCKS} blocks else 1", "Bn_compute_blocks": 0,
+                "max_warmup_steps": f"min({CACHE_DIT_WARMUP}, 20% of steps)",
+                "calibrator": "TaylorSeer order 1" if taylorseer else None}
+
     def enable(model, steps):
         import cache_dit
+        from cache_dit import DBCacheConfig, TaylorSeerCalibratorConfig
 
-        cache_dit.enable_cache(model.pipe)
+        fn = cache_dit_fn(min(cache_dit_blocks(model.pipe)))
+        # its default 8 warm-up steps are for 28-50-step runs; at shorter schedules it gets lightcache's
+        # own warm-up (20% of the steps) so that it is not handicapped against ours
+        warmup = min(CACHE_DIT_WARMUP, _warmup(steps))
+        settings.update(Fn_compute_blocks=fn, max_warmup_steps=warmup)
+        config = DBCacheConfig(Fn_compute_blocks=fn, Bn_compute_blocks=0, residual_diff_threshold=threshold,
+                               max_warmup_steps=warmup, num_inference_steps=steps)
+        calibrator = TaylorSeerCalibratorConfig(taylorseer_order=1) if taylorseer else None
+        with _cache_dit_quiet():
+            cache_dit.enable_cache(model.pipe, cache_config=config, calibrator_config=calibrator)
 
     def disable(model):
         import cache_dit
 
-        cache_dit.disable_cache(model.pipe)
+        with _cache_dit_quiet():
+            cache_dit.disable_cache(model.pipe)
 
-    return (enable, disable), {}
+    return (enable, disable), settings
+
+
+def _cache_dit_applies(model: BenchModel) -> Optional[str]:
+    try:
+        cache_dit_blocks(model.pipe)
+    except ValueError as exc:
+        return f"not applicable: {exc}"
+    return None
 
 
 def _deepcache_pkg(interval=3):
@@ -385,10 +469,16 @@ def _diffusers_peer(make_config):
     return enable, disable
 
 
+FBC_THRESHOLD = 0.2
+
+
 def _fbc(threshold=None):
     from diffusers import FirstBlockCacheConfig
 
-    threshold = 0.05 if threshold is None else threshold  # diffusers' default
+    # 0.2: the value of diffusers' own documented example (apply_first_block_cache's docstring,
+    # diffusers/hooks/first_block_cache.py); diffusers documents no Wan-specific value. The config's
+    # default 0.05 skips no step of the Wan proxy (block FLOPs 1.00 at 20 steps), 0.2 runs 0.59 of them.
+    threshold = FBC_THRESHOLD if threshold is None else threshold
 
     return _diffusers_peer(lambda model, steps: FirstBlockCacheConfig(threshold=threshold)), {"threshold": threshold}
 
@@ -416,6 +506,8 @@ def _taylorseer(cache_interval=None):
 def _pab(skip_range=None):
     from diffusers import PyramidAttentionBroadcastConfig
 
+    # 2 with the config's default timestep range (100, 800): diffusers' documented example
+    # (apply_pyramid_attention_broadcast's docstring, CogVideoX); the block skip ranges default to None (off)
     skip_range = 2 if skip_range is None else skip_range
 
     def make(model, steps):
@@ -539,7 +631,7 @@ def make_method(name: str, knob=None) -> Method:
     :data:`SWEEPS` varies; DeepCache: the interval)."""
     from lightcache import DeepCache, EasyCache, PreciseCache
 
-    if knob is not None and name in ("diffusers-fastercache", "cache-dit", "deepcache-pkg"):
+    if knob is not None and name in ("diffusers-fastercache", "deepcache-pkg"):
         raise ValueError(f"method {name!r} has no swept setting; got knob={knob!r}")
 
     def ours(fams, pair, settings):
@@ -573,8 +665,14 @@ def make_method(name: str, knob=None) -> Method:
         return peer(("dit",), _magcache(knob))
     if name == "diffusers-fastercache":
         return peer(("dit",), _fastercache(), applies=_fastercache_applies)
-    if name == "cache-dit":
-        return peer(("dit",), _cache_dit(), unavailable=_not_installed("cache_dit", "cache-dit"))
+    if name in ("cache-dit", "cache-dit-taylorseer"):
+        # DiTs only: cache-dit has no adapter for a UNet pipeline (AnimateDiffPipeline: "not officially
+        # supported ... set BlockAdapter"); a BlockAdapter on the UNet's down_blocks fails its forward-pattern
+        # check (Pattern_0-2: no encoder_hidden_states input), and Pattern_3 forced runs into a shape
+        # error: a UNet's forward takes each down block's skip outputs, which cache-dit's fused block
+        # list does not return (measured with cache-dit 1.5.3 on the UNet proxy)
+        return peer(("dit",), _cache_dit(knob, taylorseer=name.endswith("taylorseer")),
+                    unavailable=_not_installed("cache_dit", "cache-dit"), applies=_cache_dit_applies)
     if name == "deepcache-pkg":
         return peer(("unet",), _deepcache_pkg(), unavailable=_not_installed("DeepCache", "DeepCache"))
     raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
@@ -583,7 +681,7 @@ def make_method(name: str, knob=None) -> Method:
 METHODS = (
     "easycache", "precise-base", "precise-turbo", "precise-flash", "easycache+mem", "precise-flash+mem",
     "deepcache", "deepcache+mem", "diffusers-fbc", "diffusers-taylorseer", "diffusers-pab", "diffusers-magcache",
-    "diffusers-fastercache", "cache-dit", "deepcache-pkg",
+    "diffusers-fastercache", "cache-dit", "cache-dit-taylorseer", "deepcache-pkg",
 )
 QUICK_METHODS = ("easycache", "precise-flash", "easycache+mem", "diffusers-fbc", "diffusers-magcache",
                  "diffusers-fastercache")
@@ -598,6 +696,10 @@ SWEEPS: Dict[str, tuple] = {
     "diffusers-taylorseer": ("cache_interval", (2, 3, 4, 6)),
     "diffusers-pab": ("spatial_attention_block_skip_range", (2, 3, 4)),
     "diffusers-magcache": ("threshold", (0.02, 0.06, 0.12, 0.24)),
+    # cache-dit's documented thresholds: its default 0.08 and the 0.12-0.20 of its examples and
+    # DBCache tables (F1B0 at 0.08/0.12/0.15/0.20), up to the 0.5 of its FoCa/DMD comparison figures
+    "cache-dit": ("residual_diff_threshold", (0.08, 0.12, 0.16, 0.24, 0.5)),
+    "cache-dit-taylorseer": ("residual_diff_threshold", (0.08, 0.12, 0.16, 0.24, 0.5)),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -621,6 +723,11 @@ class Row:
     ssim: Optional[float] = None
     flicker: Optional[float] = None
     reuse_ratio: Optional[float] = None
+    # FLOPs (matmuls and attention, torch's FLOP counter) that ran inside the denoiser's blocks over
+    # the metered run, and their fraction of the reference run's: the compute-normalised view
+    block_flops: Optional[int] = None
+    block_flops_ratio: Optional[float] = None
+    block_compute_ratio: Optional[float] = None  # lightcache methods: report(pipe).block_compute_ratio
     peak_bytes: Dict[str, Optional[int]] = field(default_factory=dict)
     cache_bytes: Dict[str, int] = field(default_factory=dict)
     timeline: List[dict] = field(default_factory=list)
@@ -647,13 +754,99 @@ def _run(model: BenchModel, device) -> tuple:
     return time.perf_counter() - t, _frames(out)
 
 
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """Q K^T and the weighted sum of V: 2·B·H·Sq·Sk·(D + Dv). torch's FLOP counter has this formula
+    for the CUDA attention kernels only; the CPU one gets it here, so CPU and GPU runs count alike."""
+    *batch, sq, d = query_shape
+    sk, dv = key_shape[-2], value_shape[-1]
+    return 2 * math.prod(batch) * sq * sk * (d + dv)
+
+
+def _flop_mode():
+    """A dispatch mode adding up the FLOPs of every op torch's FLOP counter has a formula for
+    (matmuls, convolutions, attention; torch.utils.flop_counter's registry, plus the CPU attention
+    kernel). Its own mode rather than FlopCounterMode: that one also tracks the module hierarchy of
+    every op, which made a counted run of the Wan proxy 2.6x slower than this does."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry, shape_wrapper
+
+    registry = {**flop_registry, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: shape_wrapper(_sdpa_flops)}
+
+    class FlopCount(TorchDispatchMode):
+        flops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = registry.get(func._overloadpacket)
+            if formula is not None:
+                self.flops += formula(*args, **kwargs, out_val=out)
+            return out
+
+    return FlopCount
+
+
+class BlockFlops:
+    """Within ``with BlockFlops(denoiser) as bf:``, ``bf.flops`` sums the FLOPs that ran inside the
+    denoiser's blocks (the block lists of its lightcache adapter; a UNet's down, mid and up blocks):
+    the FLOP count (:func:`_flop_mode`) is on during each block call only, so the VAE and the rest
+    of the pipeline run at full speed. A block a cache skipped adds nothing even where the cache
+    keeps the block's call and replaces only its forward (diffusers' hooks), and a block that ran
+    only its attention or only its FFN adds that part: counting block calls with forward hooks
+    would count those skipped calls as run."""
+
+    def __init__(self, denoiser):
+        from lightcache.models import adapter_for
+
+        self.blocks = adapter_for(denoiser).blocks(denoiser)
+        if not self.blocks:
+            raise ValueError(f"no block list found in {type(denoiser).__name__}")
+        self.flops = 0
+        self._open = []  # the count of the block call in progress (a block that raised leaves it open)
+
+    def __enter__(self):
+        mode = _flop_mode()
+
+        def pre(module, args):
+            counter = mode()
+            counter.__enter__()
+            self._open.append(counter)
+
+        def post(module, args, out):
+            self._close()
+
+        self._handles = [h for b in self.blocks for h in (b.register_forward_pre_hook(pre),
+                                                           b.register_forward_hook(post))]
+        return self
+
+    def _close(self):
+        counter = self._open.pop()
+        counter.__exit__(None, None, None)
+        self.flops += counter.flops
+
+    def __exit__(self, *exc):
+        while self._open:
+            self._close()
+        for h in self._handles:
+            h.remove()
+        return False
+
+
 def _latent_batch(args, kwargs) -> Optional[int]:
     x = kwargs.get("hidden_states", kwargs.get("sample", args[0] if args else None))
     return int(x.shape[0]) if isinstance(x, torch.Tensor) else None
 
 
+def _counted_run(model: BenchModel, device) -> tuple:
+    """One run with its block FLOPs counted (:class:`BlockFlops`): (video, block FLOPs)."""
+    with BlockFlops(_denoiser(model.pipe)) as bf:
+        _, video = _run(model, device)
+    return video, bf.flops
+
+
 def _metered(model: BenchModel, method: Optional[Method], steps: int, device) -> tuple:
-    """One run with the stage meter on: (video, report, note). The reference run (``method=None``)
+    """One run with the stage meter and the block-FLOP count on: (video, report, note, block FLOPs).
+    The reference run (``method=None``)
     also records the denoiser's input batch per call into ``model.denoiser_batches``. A peer beside
     which lightcache refuses to be enabled, even as a meter only, runs unmetered: report None and
     ``note`` says why (its speed-up and fidelity still count)."""
@@ -677,8 +870,8 @@ def _metered(model: BenchModel, method: Optional[Method], steps: int, device) ->
                     raise
                 reason = str(exc).splitlines()[0] if str(exc) else ""
                 note = f"memory not metered: {type(exc).__name__}: {reason[:100]}{'...' if len(reason) > 100 else ''}"
-                _, video = _run(model, device)
-                return video, None, note
+                video, flops = _counted_run(model, device)
+                return video, None, note, flops
         else:  # our method: keep its plan, add the meter
             s = _denoiser(model.pipe)._lightcache_session
             if s.memory is None:
@@ -687,7 +880,7 @@ def _metered(model: BenchModel, method: Optional[Method], steps: int, device) ->
                 from dataclasses import replace
 
                 s.memory = replace(s.memory, cpu_tracker=device == "cpu", cuda_peaks=device != "cpu")
-        _, video = _run(model, device)
+        video, flops = _counted_run(model, device)
         rep = lightcache.report(model.pipe)
     finally:
         lightcache.disable(model.pipe)
@@ -695,7 +888,7 @@ def _metered(model: BenchModel, method: Optional[Method], steps: int, device) ->
             probe.remove()
         if method is not None and not method.ours:
             method.disable(model)
-    return video, rep, note
+    return video, rep, note, flops
 
 
 def _fidelity(row: Row, video: torch.Tensor, ref: torch.Tensor) -> None:
@@ -788,11 +981,12 @@ def bench(args) -> dict:
 
     status(f"reference run (uncached, {args.steps} steps, memory meter on) ...")
     t0 = time.perf_counter()
-    ref_video, ref_rep, _ = _metered(model, None, args.steps, device)
+    ref_video, ref_rep, _, ref_flops = _metered(model, None, args.steps, device)
     status(f"reference run took {time.perf_counter() - t0:.1f} s; next: {len(candidates)} methods, one metered run "
            f"each, then {args.repeats} timed rounds")
     by_name["none (reference)"].peak_bytes = dict(ref_rep.peak_bytes)
     by_name["none (reference)"].timeline = list(ref_rep.timeline)
+    by_name["none (reference)"].block_flops, by_name["none (reference)"].block_flops_ratio = ref_flops, 1.0
     videos = {"none (reference)": ref_video}
     runnable = []
     for method in candidates:  # some peers' applicability depends on what the reference run did
@@ -804,12 +998,15 @@ def bench(args) -> dict:
     for method in tqdm(runnable, desc="fidelity + memory", disable=args.no_progress):
         row = by_name[method.name]
         try:
-            video, rep, row.note = _metered(model, method, args.steps, device)
+            video, rep, row.note, row.block_flops = _metered(model, method, args.steps, device)
         except Exception as exc:  # a peer that fails must not stop the others
             row.status = f"failed: {type(exc).__name__}: {exc}"
             continue
         videos[method.name] = video
+        row.block_flops_ratio = row.block_flops / ref_flops
         if rep is not None:
+            if method.ours:
+                row.block_compute_ratio = rep.block_compute_ratio
             row.peak_bytes = dict(rep.peak_bytes)
             row.cache_bytes = dict(rep.cache_bytes)
             row.timeline = list(rep.timeline)
@@ -849,7 +1046,8 @@ def format_table(result: dict) -> str:
     """The terminal table; README.md ("Results") defines its columns."""
     random = result["random_weights"]
     fid_head = f"{'fidelity':<20}" if random else f"{'PSNR dB':>8} {'SSIM':>6} {'flicker':>8}"
-    head = (f"{'method':<22} {'speed-up':>8} {'min-max':>11} {'time s':>8} {'min-max':>15} {'reuse':>6} {fid_head} "
+    head = (f"{'method':<22} {'speed-up':>8} {'min-max':>11} {'time s':>8} {'min-max':>15} {'reuse':>6} "
+            f"{'blk FLOPs':>9} {fid_head} "
             f"{'peak denoise':>13} {'peak decode':>12}  status")
     lines = [f"lightcache bench: {result['model_description']} on {result['device']}, {result['steps']} steps, "
              f"median of {result['repeats']} alternating runs", head, "-" * len(head)]
@@ -864,7 +1062,8 @@ def format_table(result: dict) -> str:
         lines.append(
             f"{r['method']:<22} {_fmt(r['speedup'], '8.2f'):>8} {_range(r.get('speedup_range'), '.2f'):>11} "
             f"{_fmt(r.get('time_s'), '8.3f'):>8} {_range(r.get('time_range_s'), '.3f'):>15} "
-            f"{_fmt(r['reuse_ratio'], '6.2f'):>6} {fid} {_mb(pk.get('denoise')):>13} {_mb(pk.get('decode')):>12}  "
+            f"{_fmt(r['reuse_ratio'], '6.2f'):>6} {_fmt(r.get('block_flops_ratio'), '9.2f'):>9} {fid} "
+            f"{_mb(pk.get('denoise')):>13} {_mb(pk.get('decode')):>12}  "
             f"{r['status']}"
         )
     if random:
@@ -962,7 +1161,7 @@ def sweep(args) -> dict:
     for name in names:
         probe = make_method(name)
         reason = probe.unavailable() or (None if model.family in probe.families
-                                         else f"does not apply to a {model.family} model")
+                                         else f"does not apply to a {model.family} model") or probe.applies(model)
         if reason is not None:
             skipped[name] = reason
             continue
@@ -975,20 +1174,23 @@ def sweep(args) -> dict:
     from tqdm.auto import tqdm
 
     ref = Row("none (reference)")
-    _, ref_video = _run(model, device)
+    ref_video, ref.block_flops = _counted_run(model, device)
+    ref.block_flops_ratio = 1.0
     for name, value, method, row in tqdm(points, desc="sweep: fidelity", disable=args.no_progress):
         try:
             method.enable(model, args.steps)
             try:
-                _, video = _run(model, device)
+                video, row.block_flops = _counted_run(model, device)
                 if method.ours:
-                    row.reuse_ratio = lightcache.report(model.pipe).reuse_ratio
+                    rep = lightcache.report(model.pipe)
+                    row.reuse_ratio, row.block_compute_ratio = rep.reuse_ratio, rep.block_compute_ratio
             finally:
                 method.disable(model)
         except Exception as exc:  # one failing setting must not stop the sweep
             row.status = f"failed: {type(exc).__name__}: {exc}"
             continue
         _fidelity(row, video, ref_video)
+        row.block_flops_ratio = row.block_flops / ref.block_flops
     ok = [p for p in points if p[3].status == "ok"]
     rows = {p[2].name: p[3] for p in points}
     _time_alternating(model, device, [p[2] for p in ok], rows, ref, args.steps, args.repeats, args.no_progress,
@@ -1030,16 +1232,18 @@ def sweep(args) -> dict:
 
 
 def format_sweep(result: dict) -> str:
-    head = f"{'method':<22} {'setting':<38} {'speed-up':>8} {'reuse':>6} {'PSNR dB':>8} {'SSIM':>6}  status"
+    head = (f"{'method':<22} {'setting':<38} {'speed-up':>8} {'reuse':>6} {'blk FLOPs':>9} {'PSNR dB':>8} "
+            f"{'SSIM':>6}  status")
     lines = [f"lightcache bench --sweep: {result['model_description']} on {result['device']}, {result['steps']} steps, "
              f"median of {result['repeats']} alternating runs", head, "-" * len(head)]
     for name, s in result["sweep"].items():
         for p in s["points"]:
             lines.append(f"{name:<22} {s['setting'] + '=' + str(p['value']):<38} {_fmt(p['speedup'], '8.2f'):>8} "
-                         f"{_fmt(p['reuse_ratio'], '6.2f'):>6} {_fmt(p['psnr'], '8.2f'):>8} {_fmt(p['ssim'], '6.3f'):>6}"
+                         f"{_fmt(p['reuse_ratio'], '6.2f'):>6} {_fmt(p.get('block_flops_ratio'), '9.2f'):>9} "
+                         f"{_fmt(p['psnr'], '8.2f'):>8} {_fmt(p['ssim'], '6.3f'):>6}"
                          f"  {p['status']}")
     for name, reason in result["skipped"].items():
-        lines.append(f"{name:<22} {'-':<38} {'':>8} {'':>6} {'':>8} {'':>6}  {reason}")
+        lines.append(f"{name:<22} {'-':<38} {'':>8} {'':>6} {'':>9} {'':>8} {'':>6}  {reason}")
     lines.append("")
     lines.append("PSNR at matched speed-up, ours = Pareto envelope of all lightcache settings (linear between points):")
     for peer, c in result["comparison"].items():
@@ -1087,15 +1291,23 @@ METHOD_INFO: Dict[str, str] = {
     "deepcache": "lightcache DeepCache: reuses the deep UNet blocks' features between full steps (interval 3)",
     "deepcache+mem": "deepcache with the memory plan (cache swapped to pinned host memory, feature chunking)",
     "diffusers-fbc": "diffusers FirstBlockCache: skips the remaining blocks when the first block's residual barely "
-                     "changes",
+                     "changes; threshold 0.2, the value of diffusers' documented example (apply_first_block_cache; "
+                     "its config default 0.05 skips nothing on the Wan proxy)",
     "diffusers-taylorseer": "diffusers TaylorSeer: forecasts attention and FFN outputs by Taylor extrapolation "
-                            "between full steps",
-    "diffusers-pab": "diffusers PyramidAttentionBroadcast: reuses spatial attention outputs across steps",
+                            "between full steps; its TaylorSeerCacheConfig defaults (interval 5, warm-up 3, order 1)",
+    "diffusers-pab": "diffusers PyramidAttentionBroadcast: reuses spatial attention outputs across steps; skip range "
+                     "2 (its documented CogVideoX example), timestep range (100, 800) (its config default)",
     "diffusers-magcache": "diffusers MagCache: skips steps by the output-magnitude ratio curve (calibrated first by "
-                          "diffusers' own calibration run)",
+                          "diffusers' own calibration run); its MagCacheConfig defaults (threshold 0.06, at most 3 "
+                          "skips in a row, first 20% kept)",
     "diffusers-fastercache": "diffusers FasterCache: attention reuse plus approximated unconditional branch (needs "
-                             "both guidance branches in one batch)",
-    "cache-dit": "cache-dit's enable_cache with its defaults (pip install cache-dit)",
+                             "both guidance branches in one batch); the values of its documented CogVideoX example",
+    "cache-dit": "cache-dit DBCache (its enable_cache, registered adapter): first Fn blocks always run, the rest "
+                 "reused while their residual barely changes; F8B0 (its default) on >= 16 blocks, else F1B0; "
+                 "threshold 0.08 (its default), warm-up min(8, 20% of steps); no UNets: its blocks patterns do "
+                 "not carry a UNet's skip connections (pip install cache-dit)",
+    "cache-dit-taylorseer": "cache-dit DBCache as above plus its TaylorSeer calibrator (order 1), which its docs "
+                            "recommend with FnB0 (pip install cache-dit)",
     "deepcache-pkg": "the DeepCache package's DeepCacheSDHelper (pip install DeepCache)",
 }
 

@@ -26,6 +26,7 @@ FAMILIES: Dict[str, Tuple[str, bool]] = {
     "diffusers-magcache": ("MagCache (diffusers)", False),
     "diffusers-fastercache": ("FasterCache (diffusers)", False),
     "cache-dit": ("cache-dit", False),
+    "cache-dit-taylorseer": ("cache-dit + TaylorSeer", False),
     "deepcache-pkg": ("DeepCache package", False),
 }
 # distinct enough for 15 series on one plot

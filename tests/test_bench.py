@@ -188,6 +188,107 @@ def test_a_peer_config_that_hooks_nothing_fails_loudly():
         method.disable(model)
 
 
+def _ffn_calls(model):
+    """A counter of the blocks' feed-forward calls: they run only when the block computes (a
+    skipped block's forward is replaced, so its own call is no evidence)."""
+    calls = [0]
+    handles = [b.ffn.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+               for b in model.pipe.transformer.blocks]
+    return calls, handles
+
+
+@pytest.fixture(scope="module")
+def wan_tiny():
+    """The bench's 4-block random-weight Wan, 6 steps, and its uncached video and block FLOPs."""
+    model = bench._wan_tiny("cpu", 6)
+    model.pipe.set_progress_bar_config(disable=True)
+    calls, handles = _ffn_calls(model)
+    try:
+        video, flops = bench._counted_run(model, "cpu")
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls[0] == 6 * 2 * 4  # steps x CFG branches x blocks
+    return model, video, flops
+
+
+def test_block_flops_column_of_a_peer_is_the_counted_ratio(wan_tiny, capsys):
+    """diffusers FBC at a threshold that skips: the bench's block-FLOP fraction is the fraction of
+    block computations that ran (every block call of this model costs the same), counted here
+    independently on the blocks' FFNs; the table prints it."""
+    model, ref_video, ref_flops = wan_tiny
+    ref_calls = 6 * 2 * 4  # counted by the fixture
+    calls, handles = _ffn_calls(model)
+    try:
+        _, _, _, flops = bench._metered(model, bench.make_method("diffusers-fbc", 1e9), 6, "cpu")
+    finally:
+        for h in handles:
+            h.remove()
+    assert ref_flops > 0 and 0 < calls[0] < ref_calls  # the first block always runs, the rest skip after step 1
+    assert flops / ref_flops == pytest.approx(calls[0] / ref_calls, rel=1e-12)
+    row = bench.Row("diffusers-fbc", block_flops=flops, block_flops_ratio=flops / ref_flops)
+    result = dict(random_weights=True, model_description="d", device="cpu", steps=6, repeats=1, rows=[row.__dict__])
+    head, _, line = bench.format_table(result).splitlines()[1:4]
+    assert head.split()[7:9] == ["blk", "FLOPs"] and line.split()[6] == f"{flops / ref_flops:.2f}"
+
+
+def test_block_flops_of_our_step_policy_match_its_report(wan_tiny):
+    """EasyCache skips whole denoiser calls: the counted block-FLOP fraction equals
+    report.block_compute_ratio exactly."""
+    import lightcache
+
+    model, _, ref_flops = wan_tiny
+    method = bench.make_method("easycache", 10.0)
+    method.enable(model, 6)
+    try:
+        _, flops = bench._counted_run(model, "cpu")
+        ratio = lightcache.report(model.pipe).block_compute_ratio
+    finally:
+        method.disable(model)
+    assert ratio < 1 and flops / ref_flops == pytest.approx(ratio, rel=1e-12)
+
+
+def test_cache_dit_depth_rule_and_sweep_grid():
+    assert [bench.cache_dit_fn(n) for n in (1, 4, 15, 16, 30, 40)] == [1, 1, 1, 8, 8, 8]
+    for name in ("cache-dit", "cache-dit-taylorseer"):
+        knob, grid = bench.SWEEPS[name]
+        assert knob == "residual_diff_threshold" and grid == (0.08, 0.12, 0.16, 0.24, 0.5)
+        assert bench.make_method(name, 0.16).settings["residual_diff_threshold"] == 0.16
+        assert bench.make_method(name).settings["residual_diff_threshold"] == bench.CACHE_DIT_THRESHOLD == 0.08
+    assert bench.make_method("cache-dit-taylorseer").settings["calibrator"] == "TaylorSeer order 1"
+    assert bench.make_method("cache-dit").settings["calibrator"] is None
+
+
+@pytest.mark.parametrize("name", ["cache-dit", "cache-dit-taylorseer"])
+def test_cache_dit_runs_skips_blocks_and_restores_exactly(name, wan_tiny, capsys):
+    if importlib.util.find_spec("cache_dit") is None:
+        pytest.skip("cache-dit is not installed (pip install cache-dit): its bench rows say so")
+    model, ref_video, ref_flops = wan_tiny
+    method = bench.make_method(name, 1e9)  # permissive: every step after the warm-up reuses
+    assert bench._cache_dit_applies(model) is None and bench.cache_dit_blocks(model.pipe) == [4]
+    method.enable(model, 6)
+    try:
+        video, flops = bench._counted_run(model, "cpu")
+    finally:
+        method.disable(model)
+    # F1B0 on 4 blocks, warm-up min(8, 20% of 6) = 1 step: 5 steps x 2 branches skip 3 of 4 blocks
+    assert method.settings["Fn_compute_blocks"] == 1 and method.settings["max_warmup_steps"] == 1
+    assert flops / ref_flops == pytest.approx(1 - 5 * 2 * 3 / (6 * 2 * 4), rel=1e-12)
+    assert not torch.equal(video, ref_video)
+    after, after_flops = bench._counted_run(model, "cpu")
+    assert torch.equal(after, ref_video) and after_flops == ref_flops  # disable restored the pipeline exactly
+    assert "Cache-DiT" not in capsys.readouterr().out  # its log lines stay off the table's stdout
+
+
+def test_cache_dit_refuses_a_unet_pipeline_with_the_reason():
+    if importlib.util.find_spec("cache_dit") is None:
+        pytest.skip("cache-dit is not installed (pip install cache-dit)")
+    model = bench.BenchModel(type("AnimateDiffPipeline", (), {})(), {}, "unet", True, "stub")
+    assert bench._cache_dit_applies(model).startswith("not applicable: cache-dit has no block adapter for "
+                                                      "AnimateDiffPipeline")
+    assert bench.make_method("cache-dit").families == ("dit",)
+
+
 # --- sweeps -----------------------------------------------------------------------------------------
 
 
