@@ -24,6 +24,7 @@ _LAZY = {
     "history": "lightcache.api",
     "CacheStackingError": "lightcache.guard",
     "EasyCache": "lightcache.policies",
+    "ForecastCache": "lightcache.policies",
     "PreciseCache": "lightcache.policies",
     "DeepCache": "lightcache.policies",
     "MemoryPlan": "lightcache.memory",

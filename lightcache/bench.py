@@ -629,7 +629,7 @@ def _fastercache():
 def make_method(name: str, knob=None) -> Method:
     """The method ``name``; ``knob`` replaces the value of its threshold-like setting (the one
     :data:`SWEEPS` varies; DeepCache: the interval)."""
-    from lightcache import DeepCache, EasyCache, PreciseCache
+    from lightcache import DeepCache, EasyCache, ForecastCache, PreciseCache
 
     if knob is not None and name in ("diffusers-fastercache", "deepcache-pkg"):
         raise ValueError(f"method {name!r} has no swept setting; got knob={knob!r}")
@@ -646,6 +646,11 @@ def make_method(name: str, knob=None) -> Method:
         mem = _mem_plan if name.endswith("+mem") else None
         return ours(("dit",), _ours(lambda n: EasyCache(threshold=tau, warmup_steps=_warmup(n)), mem),
                     {"threshold": tau, "warmup_steps": "20% of steps"})
+    if name in ("forecast", "forecast+mem"):
+        tau = 0.2 if knob is None else knob
+        mem = _mem_plan if name.endswith("+mem") else None
+        return ours(("dit",), _ours(lambda n: ForecastCache(threshold=tau, warmup_ratio=0.2), mem),
+                    {"threshold": tau, "warmup_ratio": 0.2})
     if name in ("precise-base", "precise-turbo", "precise-flash", "precise-flash+mem"):
         mode = name.split("-")[1].split("+")[0]
         mem = _mem_plan if name.endswith("+mem") else None
@@ -679,17 +684,18 @@ def make_method(name: str, knob=None) -> Method:
 
 
 METHODS = (
-    "easycache", "precise-base", "precise-turbo", "precise-flash", "easycache+mem", "precise-flash+mem",
-    "deepcache", "deepcache+mem", "diffusers-fbc", "diffusers-taylorseer", "diffusers-pab", "diffusers-magcache",
+    "easycache", "forecast", "precise-base", "precise-turbo", "precise-flash", "easycache+mem", "forecast+mem",
+    "precise-flash+mem", "deepcache", "deepcache+mem", "diffusers-fbc", "diffusers-taylorseer", "diffusers-pab", "diffusers-magcache",
     "diffusers-fastercache", "cache-dit", "cache-dit-taylorseer", "deepcache-pkg",
 )
-QUICK_METHODS = ("easycache", "precise-flash", "easycache+mem", "diffusers-fbc", "diffusers-magcache",
+QUICK_METHODS = ("easycache", "forecast", "precise-flash", "easycache+mem", "diffusers-fbc", "diffusers-magcache",
                  "diffusers-fastercache")
 DEFAULT_METHODS = METHODS
 
 # The swept setting of each threshold-like method and its default grid (--sweep).
 SWEEPS: Dict[str, tuple] = {
     "easycache": ("threshold", (0.1, 0.2, 0.3, 0.5, 0.8)),
+    "forecast": ("threshold", (0.1, 0.2, 0.3, 0.5, 0.8)),
     "precise-base": ("alpha", (0.3, 0.5, 0.7, 1.0)),
     "precise-flash": ("alpha", (0.3, 0.5, 0.7, 1.0)),
     "diffusers-fbc": ("threshold", (0.1, 0.2, 0.4, 0.8)),
@@ -1286,6 +1292,9 @@ METHOD_INFO: Dict[str, str] = {
     "precise-turbo": "lightcache PreciseCache turbo: LFCache with alpha 0.7 (more steps skipped than base)",
     "precise-flash": "lightcache PreciseCache flash: LFCache alpha 0.7, plus BlockCache inside computed steps (only "
                      "the 40% pivotal blocks recomputed)",
+    "forecast": "lightcache ForecastCache: EasyCache's schedule, the reused output forecast from the last two "
+                "computed changes (first order in the step index; threshold 0.2, warm-up 20% of steps)",
+    "forecast+mem": "forecast with the memory plan (cache swapped to pinned host memory, feature chunking)",
     "easycache+mem": "easycache with the memory plan (cache swapped to pinned host memory, feature chunking)",
     "precise-flash+mem": "precise-flash with the memory plan (cache swapped to pinned host memory, feature chunking)",
     "deepcache": "lightcache DeepCache: reuses the deep UNet blocks' features between full steps (interval 3)",

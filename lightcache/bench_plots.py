@@ -18,6 +18,7 @@ REFERENCE = "none (reference)"
 # family key -> (label, is lightcache's own)
 FAMILIES: Dict[str, Tuple[str, bool]] = {
     "easycache": ("EasyCache", True),
+    "forecast": ("ForecastCache", True),
     "precise": ("PreciseCache", True),
     "deepcache": ("DeepCache", True),
     "diffusers-fbc": ("FirstBlockCache (diffusers)", False),

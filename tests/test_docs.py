@@ -14,7 +14,7 @@ import torch
 
 import lightcache
 import lightcache.ops as ops
-from lightcache import DeepCache, EasyCache, MemoryPlan, PreciseCache
+from lightcache import DeepCache, EasyCache, ForecastCache, MemoryPlan, PreciseCache
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DESIGN = ROOT / "docs" / "design.md"
@@ -50,7 +50,7 @@ def _args_section(doc: str) -> dict:
     return entries
 
 
-@pytest.mark.parametrize("cls", [MemoryPlan, PreciseCache, DeepCache, EasyCache])
+@pytest.mark.parametrize("cls", [MemoryPlan, PreciseCache, DeepCache, EasyCache, ForecastCache])
 def test_every_field_is_documented_with_its_default(cls):
     entries = _args_section(cls.__doc__)
     names = [f.name for f in dataclasses.fields(cls)]

@@ -1,0 +1,170 @@
+"""ForecastCache: EasyCache's schedule, with the reused output forecast instead of held.
+
+EasyCache (docs/design.md §3.1) decides which steps run with the accumulated transformation rate
+and, on a reused step t, outputs x_t + Δ_i: the transformation Δ = v − x of the last full compute
+i, held constant. Δ is not constant over the steps between two computes: it drifts smoothly with
+the noise level. TaylorSeer's observation (forecasting features from their recent trajectory beats
+holding them) applied to EasyCache's schedule: keep the Δ of the last two computed calls of each
+branch, Δ_k at step t_k and Δ_{k−1} at step t_{k−1}, and output on a reused step t the first-order
+(Taylor) forecast in the step index
+
+    Δ̂_t = Δ_k + (Δ_k − Δ_{k−1}) · (t − t_k) / (t_k − t_{k−1})
+        = lerp(Δ_{k−1}, Δ_k, w),   w = (t − t_{k−1}) / (t_k − t_{k−1}) > 1,
+    output = x_t + Δ̂_t,
+
+through the fused ``lerp`` op (fp32 arithmetic; a weight above 1 extrapolates) and the fused
+``reuse`` op. The decision is EasyCache's, unchanged (an EasyCache inside the state makes it, on
+its own state), so a threshold gives about the speed it gives EasyCache and the forecast changes
+the quality at that speed. A branch with a single computed call so far holds its Δ (order 0).
+
+Measured on the trained Wan proxy (benchmarks/forecast_sweep.py, results in
+benchmarks/results/forecast-wan-proxy-cpu.txt): at the same threshold (the same block work) the
+forecast gains several dB PSNR over EasyCache's held Δ at 20 and 50 steps. Tried and left out
+(one condition, 20 and 50 steps): the forecast in the scheduler's timestep instead of the step
+index (1.8-5.2 dB lower at every threshold), a damped or amplified extrapolation (w − 1 scaled by
+0.5 or 1.25: lower everywhere; by 0.75: +0.3 to +1.7 dB at three settings, −2.7 dB at a fourth, so
+no consistent gain), forecasting the prediction v instead of Δ (mixed, within ±1.5 dB, and it
+would keep a further tensor per branch), a second-order forecast from the last three Δs (6-15 dB
+lower), a fixed compute interval instead of EasyCache's criterion (1.5 dB lower at 20 steps, 9 dB
+at 50 steps, at the same block work), and a shorter warm-up (a ratio of 0.15: 5-9 dB lower).
+
+Warm-up scales with the step count: the first ⌈warmup_ratio · N⌉ steps are computed (EasyCache's
+reference settings, 10 of 50 Wan steps, are a ratio of 0.2).
+
+Both Δs of every branch live in the run's store (two slots per branch, written alternately, so a
+new compute overwrites the older one without moving the newer), so swapping to the host and
+bf16/fp8 storage apply to them like to EasyCache's one Δ; the forecast reads them back dense in
+the feature's dtype. Under context parallelism the decision is EasyCache's, with its reductions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from lightcache.models.layout import CHANNELS_FIRST
+from lightcache.policies.base import CachePolicy, CallInfo, RunContext, check_float, check_int
+from lightcache.policies.easycache import EasyCache, EasyCacheState
+
+
+def delta_key(branch, slot: int) -> tuple:
+    """The store key of ``branch``'s Δ in ``slot`` (0 or 1): EasyCache's key for the call's
+    branch, which ForecastCache names as (branch, slot) (see ForecastCache.after_compute)."""
+    return ((branch, slot), "delta")
+
+
+@dataclass
+class ForecastCacheState:
+    criterion: Optional[EasyCache] = None  # EasyCache with this run's warm-up (made at the first call)
+    schedule: Optional[EasyCacheState] = None  # its state: E, k, the decisions
+    run: Optional[RunContext] = None
+    layout: object = CHANNELS_FIRST
+    steps: dict = field(default_factory=dict)  # branch -> [t_{k−1}, t_k]: steps of its last two computes
+    newest: dict = field(default_factory=dict)  # branch -> the slot (0 or 1) holding Δ_k
+    weights: dict = field(default_factory=dict)  # (step, branch) -> the lerp weight a reused call used
+
+
+@dataclass(frozen=True)
+class ForecastCache(CachePolicy):
+    """EasyCache's step schedule with a first-order forecast of the reused output (module doc).
+
+    Args:
+        threshold (float, defaults to 0.2): τ >= 0, EasyCache's threshold on the accumulated
+            predicted change (0 never reuses: lossless).
+        warmup_ratio (float, defaults to 0.2): the first ⌈warmup_ratio · N⌉ of N steps are always
+            computed, in [0, 1].
+        order (int, defaults to 1): 1 forecasts Δ from the last two computes; 0 holds the last Δ
+            (EasyCache's output).
+    """
+
+    threshold: float = 0.2
+    warmup_ratio: float = 0.2
+    order: int = 1
+    # a denoiser's further output streams (LTX-2's audio) are reused by the engine as input + the
+    # branch's last change, held as EasyCache holds it (not forecast): see CachePolicy
+    extra_stream_reuse = "delta"
+
+    def __post_init__(self):
+        object.__setattr__(self, "threshold", check_float("ForecastCache", "threshold", self.threshold, lo=0.0))
+        object.__setattr__(self, "warmup_ratio",
+                           check_float("ForecastCache", "warmup_ratio", self.warmup_ratio, lo=0.0, hi=1.0))
+        object.__setattr__(self, "order", check_int("ForecastCache", "order", self.order, lo=0, hi=1))
+
+    @classmethod
+    def for_model(cls, family: str) -> "ForecastCache":
+        """The preset for a model family: the family's ForecastCache preset in the model registry
+        (lightcache.models)."""
+        from lightcache.models import presets
+
+        found = presets(cls.__name__)
+        if family not in found:
+            raise ValueError(f"family must be one of {sorted(found)} (the families with ForecastCache presets), got {family!r}")
+        return cls(**found[family])
+
+    def warmup_steps(self, num_steps: Optional[int]) -> int:
+        """R = ⌈warmup_ratio · num_steps⌉, the steps always computed at the start of the run."""
+        if num_steps is None:
+            if self.warmup_ratio == 0:
+                return 0
+            raise ValueError(
+                "ForecastCache.warmup_ratio is a fraction of the run's steps, and this denoiser call came without "
+                "the step count (CallInfo.num_steps is None); use warmup_ratio=0 or call the denoiser from its pipeline"
+            )
+        # the epsilon keeps 0.2 · 20 at 4, not 5 after a float rounding above 4
+        return math.ceil(self.warmup_ratio * num_steps - 1e-9)
+
+    def check_model(self, adapter, model) -> None:
+        if adapter.unet:
+            raise ValueError(
+                f"policy: ForecastCache works on video transformers (DiTs); {adapter.family} is a video UNet: "
+                "use DeepCache"
+            )
+
+    def new_state(self, run: RunContext) -> ForecastCacheState:
+        layout = CHANNELS_FIRST if run.adapter is None else run.adapter.layout
+        return ForecastCacheState(run=run, layout=layout)
+
+    def should_compute(self, state: ForecastCacheState, call: CallInfo, x: Tensor) -> bool:
+        if state.criterion is None:
+            state.criterion = EasyCache(threshold=self.threshold, warmup_steps=self.warmup_steps(call.num_steps))
+            state.schedule = state.criterion.new_state(state.run)
+        return state.criterion.should_compute(state.schedule, call, x)
+
+    def after_compute(self, state: ForecastCacheState, call: CallInfo, x: Tensor, out: Tensor) -> None:
+        steps = state.steps.setdefault(call.branch, [])
+        slot = 0 if not steps else 1 - state.newest[call.branch]  # the older slot (or the first)
+        # EasyCache keys its one Δ by the call's branch: naming the slot in the branch makes it
+        # write this compute's Δ there, beside the previous one
+        state.criterion.after_compute(state.schedule, replace(call, branch=(call.branch, slot)), x, out)
+        state.newest[call.branch] = slot
+        steps.append(call.step)
+        del steps[:-2]
+
+    def after_call(self, state: ForecastCacheState, call: CallInfo, x: Tensor) -> None:
+        state.criterion.after_call(state.schedule, call, x)
+
+    def forecast_weight(self, state: ForecastCacheState, call: CallInfo) -> Optional[float]:
+        """w = (t − t_{k−1}) / (t_k − t_{k−1}) of ``lerp(Δ_{k−1}, Δ_k, w)`` for this reused call;
+        None: hold Δ_k (order 0, or the branch has one compute so far)."""
+        steps = state.steps.get(call.branch, [])
+        if self.order == 0 or len(steps) < 2:
+            return None
+        older, newer = steps
+        return (call.step - older) / (newer - older)
+
+    def reused_output(self, state: ForecastCacheState, call: CallInfo, x: Tensor) -> Tensor:
+        store = state.run.store
+        newest = state.newest[call.branch]
+        w = self.forecast_weight(state, call)
+        state.weights[(call.step, call.branch)] = w
+        if w is None:  # EasyCache's output: x_t + Δ_k, dequantised in the fused op
+            delta, scale = store.get(delta_key(call.branch, newest))
+            return torch.ops.lightcache.reuse(state.layout.latent_part(x, delta), delta, scale)
+        prev = store.load(delta_key(call.branch, 1 - newest))
+        last = store.load(delta_key(call.branch, newest))
+        forecast = torch.ops.lightcache.lerp(prev, last, w)
+        return torch.ops.lightcache.reuse(state.layout.latent_part(x, forecast), forecast)
