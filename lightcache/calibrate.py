@@ -39,6 +39,7 @@ import torch
 from lightcache.policies.base import check_float, check_int
 from lightcache.policies.deepcache import DeepCache
 from lightcache.policies.easycache import EasyCache
+from lightcache.policies.forecast import ForecastCache
 from lightcache.policies.precisecache import PreciseCache
 from lightcache.reporting import Report
 
@@ -78,8 +79,8 @@ def calibrate(pipe, policy, target_speedup: float = 2.0, *, tolerance: float = 0
 
     Args:
         pipe: a diffusers pipeline lightcache supports, without lightcache enabled.
-        policy: an EasyCache (its ``threshold`` is set), PreciseCache (``alpha``) or DeepCache
-            (``interval``); its other fields are kept.
+        policy: an EasyCache or ForecastCache (its ``threshold`` is set), PreciseCache
+            (``alpha``) or DeepCache (``interval``); its other fields are kept.
         target_speedup (float, defaults to 2.0): 1 / the block compute ratio aimed at, >= 1 (1:
             the lossless setting).
         tolerance (float, defaults to 0.05): stop when |measured ratio − 1 / target| <= this, in
@@ -99,9 +100,10 @@ def calibrate(pipe, policy, target_speedup: float = 2.0, *, tolerance: float = 0
     target = check_float("calibrate", "target_speedup", target_speedup, lo=1.0)
     tolerance = check_float("calibrate", "tolerance", tolerance, lo=0.0, hi=1.0)
     max_runs = check_int("calibrate", "max_runs", max_runs, lo=2)
-    if not isinstance(policy, (EasyCache, PreciseCache, DeepCache)):
+    if not isinstance(policy, (EasyCache, ForecastCache, PreciseCache, DeepCache)):
         raise TypeError(
-            f"calibrate: policy must be an EasyCache, PreciseCache or DeepCache, got {type(policy).__name__}"
+            "calibrate: policy must be an EasyCache, ForecastCache, PreciseCache or DeepCache, got "
+            f"{type(policy).__name__}"
         )
     denoisers, _ = api._resolve(pipe)
     from lightcache.engine import session_of
@@ -190,9 +192,11 @@ def _shape(report: Report) -> _Shape:
 def _calibrate(run: _Runner, policy, target: float, tolerance: float, max_runs: int) -> Calibration:
     goal = 1.0 / target
     states: list = []
-    if isinstance(policy, EasyCache):
+    if isinstance(policy, (EasyCache, ForecastCache)):
+        # ForecastCache's schedule is EasyCache's, made by the EasyCache in its state
         recorded = run(dataclasses.replace(policy, threshold=0.0), states)
-        knob = _EasyKnob(policy, _shape(recorded), states[-1])
+        state = states[-1].schedule if isinstance(policy, ForecastCache) else states[-1]
+        knob = _EasyKnob(policy, _shape(recorded), state)
     elif isinstance(policy, PreciseCache):
         recorded = run(dataclasses.replace(policy, alpha=0.0), states)
         knob = _PreciseKnob(policy, _shape(recorded), states[-1])

@@ -57,6 +57,19 @@ def test_easycache_threshold_hits_the_target(cog, target):
         lightcache.disable(pipe)
 
 
+def test_forecastcache_threshold_hits_the_target(cog):
+    """ForecastCache's schedule is EasyCache's: the same recording and replay set its threshold;
+    its warm-up (a ratio of the steps) is kept."""
+    pipe, kwargs = cog
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    c = calibrate(pipe, lightcache.ForecastCache(warmup_ratio=0.2), target_speedup=2.0, generator=gen, **kwargs)
+    assert isinstance(c.policy, lightcache.ForecastCache) and c.policy.warmup_ratio == 0.2 and c.policy.threshold > 0
+    assert abs(c.measured_ratio - 0.5) <= TOL, c
+    assert c.max_speedup == STEPS / 4  # steps 0-2 (warm-up ceil(0.2 * 12) = 3) and the last are forced
+    assert_left_as_it_was(pipe, gen, state)
+
+
 def test_precisecache_alpha_hits_the_target(cog):
     pipe, kwargs = cog
     gen = torch.Generator().manual_seed(0)
@@ -79,7 +92,7 @@ def test_impossible_targets_are_refused(cog):
         calibrate(pipe, lightcache.EasyCache(warmup_steps=6), target_speedup=2.0,
                   generator=torch.Generator().manual_seed(0), **kwargs)
     assert session_of(denoiser(pipe)) is None
-    with pytest.raises(TypeError, match="calibrate: policy must be an EasyCache, PreciseCache or DeepCache"):
+    with pytest.raises(TypeError, match="calibrate: policy must be an EasyCache, ForecastCache, PreciseCache or DeepCache"):
         calibrate(pipe, None, target_speedup=2.0, **kwargs)
     with pytest.raises(ValueError, match="calibrate.max_runs must be an int in"):
         calibrate(pipe, lightcache.EasyCache(), target_speedup=2.0, max_runs=1, **kwargs)

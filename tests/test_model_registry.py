@@ -83,12 +83,35 @@ def test_unregistered_classes_are_refused_naming_what_is_supported():
 def test_easycache_presets_come_from_the_registry(scratch_registry):
     assert EasyCache.for_model("wan") == EasyCache(0.05, 10)
     assert EasyCache.for_model("hunyuan_video") == EasyCache(0.025, 5)
-    with pytest.raises(ValueError, match=r"family must be one of \['hunyuan_video', 'wan'\] .*got 'ltx'"):
+    with pytest.raises(ValueError, match=r"the 'ltx' family has no EasyCache preset \(families with one: "
+                                         r"\['hunyuan_video', 'wan'\]\); use lightcache.calibrate"):
         EasyCache.for_model("ltx")
+    with pytest.raises(ValueError, match=r"family must be one of .*got 'no-such-family'"):
+        EasyCache.for_model("no-such-family")
     entry = models.family("ltx")
     models.register_family(models.ModelFamily(entry.adapter, entry.chunking, entry.slicers,
                                               presets={"EasyCache": {"threshold": 0.1, "warmup_steps": 3}}))
     assert EasyCache.for_model("ltx") == EasyCache(0.1, 3)
+
+
+def test_presets_accept_a_pipeline_or_denoiser_instance_or_class():
+    """for_model takes what a user has at hand: the pipeline (its denoiser decides: a subclass or
+    variant pipeline), the pipeline class (through the family's ``pipelines``), the denoiser or
+    its class (by MRO); anything else is refused naming what is accepted."""
+    import diffusers
+
+    from lightcache import ForecastCache
+
+    pipe, _ = build("wan")
+    wan = EasyCache(0.05, 10)
+    for what in (pipe, type(pipe), pipe.transformer, type(pipe.transformer), diffusers.WanImageToVideoPipeline,
+                 type("MyWanPipeline", (diffusers.WanPipeline,), {})):
+        assert EasyCache.for_model(what) == wan, what
+    assert ForecastCache.for_model(pipe) == ForecastCache(threshold=0.2, warmup_ratio=0.2)
+    assert EasyCache.for_model(diffusers.HunyuanVideoPipeline) == EasyCache(0.025, 5)
+    with pytest.raises(ValueError, match=r"model: Linear is not a registered family, nor a pipeline or denoiser of "
+                                         r"one; give a family name"):
+        EasyCache.for_model(torch.nn.Linear(2, 2))
 
 
 def test_a_new_family_is_one_registration(scratch_registry):

@@ -85,6 +85,7 @@ from lightcache.models.registry import (
     families,
     family,
     family_for,
+    family_name_of,
     presets,
     register_adapter,
     register_family,

@@ -196,6 +196,32 @@ def presets(policy: str) -> Dict[str, Mapping[str, object]]:
     return {f.name: f.presets[policy] for f in families() if policy in f.presets}
 
 
+def family_name_of(what) -> str:
+    """The registered family of ``what``: a family name ("wan"), a diffusers pipeline or denoiser
+    (instance or class; by MRO, a pipeline class through the families' ``pipelines``). A
+    ValueError names what was given and what is accepted."""
+    if isinstance(what, str):
+        return family(what).name
+    cls = what if isinstance(what, type) else type(what)
+    for base in cls.__mro__:
+        entry = _DENOISERS.get(base.__name__)
+        if entry is not None:
+            return entry.name
+    if not isinstance(what, type):  # a pipeline instance: its denoiser decides (Wan 2.2, variants)
+        for attr in ("transformer", "unet"):
+            model = getattr(what, attr, None)
+            if isinstance(model, nn.Module):
+                return family_name_of(model)
+    for base in cls.__mro__:
+        for entry in families():
+            if base.__name__ in entry.pipelines:
+                return entry.name
+    raise ValueError(
+        f"model: {cls.__name__} is not a registered family, nor a pipeline or denoiser of one; give a family name "
+        f"({', '.join(sorted(_FAMILIES))}), a diffusers pipeline or its denoiser (instance or class)"
+    )
+
+
 def slicers_taking_overlap() -> List[str]:
     """VAE class names whose slicer takes ``MemoryPlan.decode_overlap``."""
     return [name for name in supported_vaes() if getattr(_VAES[name], "takes_overlap", False)]

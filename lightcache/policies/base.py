@@ -129,6 +129,24 @@ class CachePolicy:
         policy changed outside ``state`` (e.g. patched modules), so nothing is left behind."""
 
 
+def family_preset(policy_cls, model) -> dict:
+    """The field values of ``policy_cls``'s preset for ``model``'s family (``model``: a family
+    name, a diffusers pipeline or denoiser, instance or class; see
+    lightcache.models.registry.family_name_of). A family without one is a ValueError naming the
+    families that have one and pointing at lightcache.calibrate, never a silent default."""
+    from lightcache.models import family_name_of, presets
+
+    name = family_name_of(model)
+    found = presets(policy_cls.__name__)
+    if name not in found:
+        raise ValueError(
+            f"model: the {name!r} family has no {policy_cls.__name__} preset (families with one: {sorted(found)}); "
+            f"use lightcache.calibrate(pipe, {policy_cls.__name__}(), target_speedup=...) to pick the threshold on "
+            "your pipeline"
+        )
+    return dict(found[name])
+
+
 # ---------------------------------------------------------------------------------------------
 # field validation shared by the policy dataclasses (errors name the field and the allowed range)
 # ---------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from lightcache.policies.base import (
     RunContext,
     check_float,
     check_int,
+    family_preset,
     global_means,
     part_mean_abs,
     part_mean_abs_diff,
@@ -90,15 +91,11 @@ class EasyCache(CachePolicy):
         object.__setattr__(self, "warmup_steps", check_int("EasyCache", "warmup_steps", self.warmup_steps, lo=0))
 
     @classmethod
-    def for_model(cls, family: str) -> "EasyCache":
-        """The reference settings for a model family ("wan", "hunyuan_video"): the family's
-        EasyCache preset in the model registry (lightcache.models)."""
-        from lightcache.models import presets
-
-        found = presets(cls.__name__)
-        if family not in found:
-            raise ValueError(f"family must be one of {sorted(found)} (the families with EasyCache presets), got {family!r}")
-        return cls(**found[family])
+    def for_model(cls, model) -> "EasyCache":
+        """The family's EasyCache preset from the model registry (lightcache.models); ``model`` is a
+        family name ("wan"), a diffusers pipeline or its denoiser, instance or class. A family
+        without a preset is a ValueError (lightcache.calibrate picks a threshold instead)."""
+        return cls(**family_preset(cls, model))
 
     def check_model(self, adapter, model) -> None:
         if adapter.unet:

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from lightcache.models.layout import CHANNELS_FIRST
-from lightcache.policies.base import CachePolicy, CallInfo, RunContext, check_float, check_int
+from lightcache.policies.base import CachePolicy, CallInfo, RunContext, check_float, check_int, family_preset
 from lightcache.policies.easycache import EasyCache, EasyCacheState
 
 
@@ -95,15 +95,11 @@ class ForecastCache(CachePolicy):
         object.__setattr__(self, "order", check_int("ForecastCache", "order", self.order, lo=0, hi=1))
 
     @classmethod
-    def for_model(cls, family: str) -> "ForecastCache":
-        """The preset for a model family: the family's ForecastCache preset in the model registry
-        (lightcache.models)."""
-        from lightcache.models import presets
-
-        found = presets(cls.__name__)
-        if family not in found:
-            raise ValueError(f"family must be one of {sorted(found)} (the families with ForecastCache presets), got {family!r}")
-        return cls(**found[family])
+    def for_model(cls, model) -> "ForecastCache":
+        """The family's ForecastCache preset from the model registry (lightcache.models); ``model`` is a
+        family name ("wan"), a diffusers pipeline or its denoiser, instance or class. A family
+        without a preset is a ValueError (lightcache.calibrate picks a threshold instead)."""
+        return cls(**family_preset(cls, model))
 
     def warmup_steps(self, num_steps: Optional[int]) -> int:
         """R = ⌈warmup_ratio · num_steps⌉, the steps always computed at the start of the run."""
