@@ -54,6 +54,18 @@ _STAGE_METHODS = (
     ("vae", "encode", "encode"),
     ("vae", "decode", "decode"),
 )
+# pipeline methods that fix how many iterations the denoising loop really makes, when that is not
+# the scheduler's timestep count: (method, the result -> the run's step count, starts a new run)
+_RUN_LENGTH_METHODS = (
+    # img2img / video2video pipelines: set_timesteps(N), then the loop runs the last
+    # int(N * strength) timesteps: (timesteps, n) = get_timesteps(...). The run keeps its start;
+    # its step count (the forced last step, warm-up ratios) becomes the loop's
+    ("get_timesteps", lambda result: len(result[0]), False),
+    # SkyReels-V2 diffusion forcing: one iteration per row of its per-frame timestep matrix (more
+    # rows than timesteps in asynchronous mode, ar_step > 0), one matrix per long-video segment:
+    # each matrix starts a run of its own
+    ("generate_timestep_matrix", lambda result: len(result[0]), True),
+)
 
 
 def _registry_cls():
@@ -615,6 +627,9 @@ class _PipelineTaps:
             obj = pipe if owner is None else getattr(pipe, owner, None)
             if obj is not None and callable(getattr(obj, method, None)):
                 hooks.wrap_method(obj, method, self._tap_stage(stage))
+        for method, steps_of, restarts in _RUN_LENGTH_METHODS:
+            if callable(getattr(pipe, method, None)):
+                hooks.wrap_method(pipe, method, self._tap_run_length(steps_of, restarts))
         if callable(getattr(pipe, "maybe_free_model_hooks", None)):
             hooks.wrap_method(pipe, "maybe_free_model_hooks", self._tap_call_end)
         for session in self.sessions:
@@ -704,6 +719,26 @@ class _PipelineTaps:
                 return primary.stage(name, original, args, kwargs)
 
             return staged
+
+        return make
+
+    def _tap_run_length(self, steps_of, restarts: bool):
+        sessions = self.sessions
+
+        def make(original):
+            def run_length(*args, **kwargs):
+                result = original(*args, **kwargs)
+                steps = steps_of(result)
+                for session in sessions:
+                    if not session.run_active:  # outside a pipeline call (set_timesteps starts one)
+                        continue
+                    if restarts:
+                        session.new_run(num_steps=steps)
+                    elif session._step_of_calls < 0:  # before the run's first denoiser call
+                        session.num_steps = steps
+                return result
+
+            return run_length
 
         return make
 

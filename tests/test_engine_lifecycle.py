@@ -410,3 +410,31 @@ def test_context_names_map_to_branches_and_further_guidance_calls_follow_the_lea
         per_step = [computed[i * len(names):(i + 1) * len(names)] for i in range(steps)]
         assert all(len(set(s)) == 1 for s in per_step), per_step  # followers take the leader's decision
         assert not all(computed) and computed[0]
+
+
+def test_a_pipeline_that_trims_its_timesteps_gets_its_loops_step_count(wan):
+    """WanVideoToVideoPipeline with strength 0.5 sets 8 timesteps and runs the last 4
+    (get_timesteps): the run has 4 steps, so its last iteration is the forced last step (it was
+    counted as step 3 of 8 and reused) and a warm-up ratio is of 4."""
+    from diffusers import WanVideoToVideoPipeline
+
+    pipe, kwargs, _ = wan
+    v2v = WanVideoToVideoPipeline(**{k: v for k, v in pipe.components.items() if k in ("tokenizer", "text_encoder",
+                                                                                       "vae", "scheduler", "transformer")})
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(1)
+    video = [Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()) for _ in range(9)]
+    call = dict(kwargs, video=video, strength=0.5, num_inference_steps=8)
+    call.pop("num_frames", None)
+    for policy, computed in ((lightcache.EasyCache(threshold=10.0, warmup_steps=1), [True, True, False, True]),
+                             (lightcache.PreciseCache(alpha=1.0, warmup_ratio=0.5), [True, True, False, True])):
+        lightcache.enable(v2v, policy=policy)
+        try:
+            v2v(**call, generator=torch.Generator().manual_seed(0))
+            decisions = lightcache.report(v2v).decisions
+        finally:
+            lightcache.disable(v2v)
+        steps = sorted({d.step for d in decisions})
+        assert steps == [0, 1, 2, 3]
+        assert [all(d.computed for d in decisions if d.step == t) for t in steps] == computed, policy

@@ -16,6 +16,9 @@ every memory-plan option, on the tiny random-weight pipelines:
   state), and ``disable()`` restores every module, the scheduler, the VAE and the pipeline exactly;
 * CFG off, batch 2 and a second call with another frame count are correct.
 
+A variant pipeline (image-to-video) of a family whose main pipeline runs all of this declares
+``cells="reduced"`` (MatrixInfo) and runs the subset :func:`reduced_cells` names.
+
 Each pipeline run takes 0.05–0.3 s on 2 cores; the whole matrix stays around two minutes.
 """
 
@@ -71,6 +74,25 @@ def plans_for(family):
     """The plans of ``family``'s cells: no "chunk" cell where chunking has nothing to split (the
     "all" plan then goes without chunk_size)."""
     return tuple(m for m in PLANS if not (m == "chunk" and CHUNK[family] is None))
+
+
+def reduced_cells(family):
+    """The (policy, plan) cells of a ``cells="reduced"`` family (MatrixInfo), per test: lossless and
+    reusing (the refusals and the decode warning run for every family). The chunk and decode plans
+    run with reuse on, compared with the unchunked, one-call-decode reuse (same decisions, <= 1e-5
+    where the decode is exact)."""
+    pols = tuple(policies_for(family))
+    plans = plans_for(family)
+    lossless = {(pols[0], "none")}
+    reusing = {(p, "none") for p in pols} | {(pols[0], m) for m in ("chunk", "decode")}
+    return {"lossless": {c for c in lossless if c[1] in plans}, "reusing": {c for c in reusing if c[1] in plans}}
+
+
+def in_cells(family, test, policy_name, plan_name):
+    """Whether ``family`` runs the (policy, plan) cell of ``test`` ("lossless", "reusing", "variant")."""
+    if matrix_info(family)["cells"] == "full":
+        return True
+    return test != "variant" and (policy_name, plan_name) in reduced_cells(family)[test]
 
 
 def plan(name: str, family: str):
@@ -277,7 +299,8 @@ def test_deepcache_branch_deeper_than_the_unet_is_refused(family):
 
 # -- lossless settings ---------------------------------------------------------------------------
 
-LOSSLESS_CELLS = [(f, p, m) for f in FAMILIES for p in (None, *policies_for(f)) for m in plans_for(f)]
+LOSSLESS_CELLS = [(f, p, m) for f in FAMILIES for p in (None, *policies_for(f)) for m in plans_for(f)
+                  if in_cells(f, "lossless", p, m)]
 
 
 @pytest.mark.parametrize("family,policy_name,plan_name", LOSSLESS_CELLS)
@@ -299,7 +322,8 @@ def test_lossless_setting_gives_the_plain_video(family, policy_name, plan_name):
 
 # -- reusing settings ----------------------------------------------------------------------------
 
-REUSING_CELLS = [(f, p, m) for f in FAMILIES for p in policies_for(f) for m in plans_for(f)]
+REUSING_CELLS = [(f, p, m) for f in FAMILIES for p in policies_for(f) for m in plans_for(f)
+                 if in_cells(f, "reusing", p, m)]
 # compressed storage: max |latent − latent with the exact cache| relative to the latents' max (the
 # reused features are rounded to bf16 (8 bits of mantissa) or e4m3 with per-token scales (4 bits);
 # the tiny random models amplify that over the later steps, measured up to 1.3e-2 / 9.5e-2)
@@ -351,7 +375,8 @@ def test_reusing_setting_skips_work_under_every_plan(family, policy_name, plan_n
 VARIANT_CELLS = [(f, p, m, v) for f in FAMILIES for p in policies_for(f) for m in ("none", "all")
                  for v in ("no-cfg", "batch2", "frames")
                  if not (v == "batch2" and not matrix_info(f)["batch2"]) and not (v == "frames" and matrix_info(f)["frames"] is None)
-                 and not (v == "no-cfg" and matrix_info(f)["no_cfg"] is None)]  # no call argument turns CFG off
+                 and not (v == "no-cfg" and matrix_info(f)["no_cfg"] is None)  # no call argument turns CFG off
+                 and in_cells(f, "variant", p, m)]
 
 
 @pytest.mark.parametrize("family,policy_name,plan_name,variant", VARIANT_CELLS)

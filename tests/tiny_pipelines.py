@@ -721,15 +721,23 @@ class MatrixInfo(dict):
     variant_extra (kwargs added to the "frames" variant), batch2 (False: the pipeline takes one
     prompt a call), cfg_calls (denoiser calls a step with guidance on: 1 where the pipeline batches
     the conditional and unconditional inputs, 2 where it calls the denoiser twice), notes (why a
-    variant is left out)."""
+    variant is left out), cells ("full": every cell; "reduced": for a variant pipeline (I2V) of a
+    family whose main pipeline runs the full matrix, the cells that check what the variant's own
+    pipeline code can break, to keep the suite's time: lossless with the first policy under
+    "none", reuse skips with each policy under "none" (PreciseCache's trial calls) and with the
+    first policy under "chunk" and "decode", the refusals and the decode warning; no swap /
+    CFG-off / batch-2 / second-size cells; every cell still checks that nothing survives the call
+    and that disable() restores the pipeline; tests/test_matrix.py ``reduced_cells``)."""
 
     DEFAULTS = dict(kind="dit", inexact_decode=False, decode_slices=1, chunk=2, no_cfg={"guidance_scale": 1.0},
-                    frames=5, variant_extra={}, batch2=True, cfg_calls=1, notes="")
+                    frames=5, variant_extra={}, batch2=True, cfg_calls=1, notes="", cells="full")
 
     def __init__(self, **kw):
         unknown = set(kw) - set(self.DEFAULTS)
         if unknown:
             raise KeyError(f"MatrixInfo: unknown keys {sorted(unknown)}")
+        if kw.get("cells", "full") not in ("full", "reduced"):
+            raise ValueError(f"MatrixInfo: cells must be 'full' or 'reduced', got {kw['cells']!r}")
         super().__init__({**self.DEFAULTS, **kw})
 
 

@@ -3,8 +3,9 @@ scheduler copy per latent frame (the pipeline deep-copies its scheduler).
 
 The engine gives the pipeline's deep copies of its tapped scheduler their own methods (a copy
 otherwise steps the original: UniPC's ``assert self.this_order > 0``), each ending the step once.
-Synchronous mode (``ar_step=0``) only: in asynchronous mode the pipeline runs more iterations than
-its scheduler has timesteps, and lightcache computes every later one.
+The matrix runs the synchronous short video (``ar_step=0``); asynchronous mode (``ar_step > 0``:
+more loop iterations than scheduler timesteps) and long-video segments are
+tests/test_skyreels_df_async.py's, on this pipeline with those call arguments.
 """
 
 from tiny_families.skyreels_v2 import transformer
