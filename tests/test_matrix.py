@@ -54,7 +54,14 @@ DIT_POLICIES = {
                      lambda: lightcache.PreciseCache(alpha=1.0, warmup_ratio=0.25)),
     "precisecache-flash": (lambda: lightcache.PreciseCache(mode="flash", alpha=0.0, block_ratio=1.0),
                            lambda: lightcache.PreciseCache(mode="flash", alpha=1.0, block_ratio=0.5, warmup_ratio=0.25)),
+    # reusing at 4 steps: step 0 warm-up, step 1 computed (the rate), step 2 forecast from both Δs
+    "forecast": (lambda: lightcache.ForecastCache(threshold=0.0, warmup_ratio=0.0),
+                 lambda: lightcache.ForecastCache(threshold=10.0, warmup_ratio=0.25)),
 }
+# ForecastCache decides with EasyCache's schedule (whose cells run every plan): its own cells are
+# lossless, its forecast skipping work (leaf counts), and the forecast from swapped Δs
+# bit-identical to the device store's, on every DiT family
+FORECAST_CELLS = {"lossless": {"none"}, "reusing": {"none", "swap"}, "variant": set()}
 UNET_POLICIES = {
     "deepcache": (lambda: lightcache.DeepCache(interval=1), lambda: lightcache.DeepCache(interval=2)),
 }
@@ -90,6 +97,8 @@ def reduced_cells(family):
 
 def in_cells(family, test, policy_name, plan_name):
     """Whether ``family`` runs the (policy, plan) cell of ``test`` ("lossless", "reusing", "variant")."""
+    if policy_name == "forecast":
+        return plan_name in FORECAST_CELLS[test] and (matrix_info(family)["cells"] == "full" or plan_name == "none")
     if matrix_info(family)["cells"] == "full":
         return True
     return test != "variant" and (policy_name, plan_name) in reduced_cells(family)[test]
