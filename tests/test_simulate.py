@@ -28,7 +28,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 import lightcache
-from lightcache import DeepCache, EasyCache, MemoryPlan, PreciseCache
+from lightcache import DeepCache, EasyCache, ForecastCache, MemoryPlan, PreciseCache
 from lightcache.simulate import attention as att
 from lightcache.simulate import parse_memory, parse_size
 from lightcache.simulate import pipeline as sp
@@ -72,7 +72,7 @@ REALISTIC = {  # bench_models configuration -> (is a DiT, smallest exact decode 
 }
 
 
-def _compare(cpu, meta):
+def _compare(cpu, meta, whole_call_tolerance=WHOLE_CALL_TOLERANCE):
     problems = []
     if cpu.tracked != meta.tracked:
         problems.append(f"stage peaks: cpu {cpu.tracked} meta {meta.tracked}")
@@ -80,7 +80,7 @@ def _compare(cpu, meta):
         problems.append(f"cache: cpu {cpu.cache_device}/{cpu.cache_host} meta {meta.cache_device}/{meta.cache_host}")
     for p in cpu.live_peak:
         d = meta.live_peak_all[p] - cpu.live_peak_all[p]
-        if abs(d) > WHOLE_CALL_TOLERANCE:
+        if abs(d) > whole_call_tolerance:
             problems.append(f"whole call, {p}: meta - cpu = {d} bytes")
     return problems
 
@@ -143,6 +143,7 @@ def test_simulation_equals_cpu_tracker_tiny_families(family):
     ("wan2.1-1.3b", EasyCache(threshold=0.5, warmup_steps=1)),
     ("hunyuanvideo", PreciseCache(mode="flash")),
     ("hunyuanvideo", EasyCache(threshold=0.5, warmup_steps=1)),
+    ("wan2.1-1.3b", ForecastCache(threshold=0.5, warmup_ratio=0.1)),
     ("animatediff", DeepCache()),
 ])
 @pytest.mark.parametrize("swap", ["off", "on"])
@@ -164,7 +165,21 @@ def test_worst_case_bounds_a_real_run(name, policy, swap):
     assert rep.cache_bytes["host"] <= sim.cache_host
 
 
+@pytest.mark.parametrize("swap", ["off", "on"])
+def test_forecastcache_worst_case_equals_cpu_tracker(swap):
+    """ForecastCache's worst case (both Δ slots of every branch held, a forecast reuse) simulated on
+    meta equals the CPU tracker's run of the same pattern, byte for byte (tiny Wan)."""
+    memory = MemoryPlan(swap=swap, **SYNC)
+    figs = {}
+    for device in ("cpu", "meta"):
+        pipe, kw = _tiny_family("wan", device)
+        figs[device] = sp.run(pipe, kw, policy=ForecastCache(), memory=memory, attention="cpu", device_type=device)
+    assert not _compare(figs["cpu"], figs["meta"])
+    assert figs["meta"].cache_device > 0
+
+
 def test_worst_case_policies_keep_their_settings():
+    assert worst_case(ForecastCache(threshold=0.3, warmup_ratio=0.5)).warmup_ratio == 0.5
     w = worst_case(PreciseCache(mode="flash", refresh_steps=5))
     assert (w.mode, w.block_ratio, w.refresh_steps) == ("flash", 0.4, 5)
     assert worst_case(None) is None

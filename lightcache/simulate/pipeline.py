@@ -15,7 +15,13 @@ the memory plan as given) -- while two trackers count:
 What runs where: every module on the meta device; the scheduler's timesteps stay on the CPU (its
 index arithmetic reads values) and each denoiser call's CPU tensors (the timestep) are moved to the
 meta device before the call, outside both trackers (a CPU run passes a view of the timesteps: no
-allocation either); attention through :class:`lightcache.simulate.attention.AttentionEmulation`.
+allocation either); attention through :class:`lightcache.simulate.attention.AttentionEmulation`,
+and the feature chunk splits an attention call only where that backend would run it on math
+(torch picks math for every meta call). Value-dependent code: a mask's ``nonzero`` (Mochi's valid
+prompt tokens) is assumed all valid, the longest prompt, which bounds every shorter one; an
+autocast on the meta device to another dtype than fp16/bf16 is off, as CUDA's is; a pipeline whose
+code reads a value (``if tensor:``, a slice by a tensor's item: HunyuanVideo 1.5, FramePack) is
+refused with a NotImplementedError naming the line.
 The same :func:`run` measures a CPU pipeline for real (``device_type="cpu"``), with torch's own
 attention and the real memory plan, for the comparison.
 """
@@ -292,25 +298,65 @@ def _to_meta(x):
 
 
 @contextlib.contextmanager
-def _meta_run(pipe):
-    """The pipeline's host-side pieces for a meta run (see the module doc); undone on exit."""
+def _meta_run(pipe, attention: str = "auto"):
+    """The pipeline's host-side pieces for a meta run (see the module doc); undone on exit.
+    ``attention``: the emulated SDPA backend (query chunking splits only what it would run on math)."""
     from torch.utils._python_dispatch import _disable_current_modes
 
     from lightcache.memory import decode as _decode
 
     undo = []
     sched = pipe.scheduler
-    original = sched.set_timesteps
+    sched_cls = type(sched)
+    original = sched_cls.set_timesteps
 
     @functools.wraps(original)  # retrieve_timesteps reads its signature
-    def set_timesteps(*args, **kwargs):
+    def set_timesteps(self, *args, **kwargs):
         kwargs["device"] = "cpu"
         if len(args) >= 2:
             args = (args[0], "cpu") + tuple(args[2:])
-        return original(*args, **kwargs)
+        return original(self, *args, **kwargs)
 
-    sched.set_timesteps = set_timesteps
-    undo.append(lambda: delattr(sched, "set_timesteps"))
+    # a subclass, not an instance attribute: copies of the scheduler (SkyReels-V2's diffusion forcing
+    # deep-copies one per latent frame) keep their class, and their timesteps stay on the host too
+    sched.__class__ = type(sched_cls.__name__, (sched_cls,), {"set_timesteps": set_timesteps})
+    undo.append(lambda: setattr(sched, "__class__", sched_cls))
+
+    from lightcache.memory import chunk_attention as _chunk_attention
+    from lightcache.simulate import attention as _att
+
+    materialises = _chunk_attention._materialises_scores
+
+    def materialises_scores(a):
+        # torch picks math for every meta call; a real run splits only what its backend runs on math
+        q = a["query"]
+        if q.device.type != "meta":
+            return materialises(a)
+        return _att.choose(attention, q, a["key"], a["value"], a.get("attn_mask"), float(a.get("dropout_p", 0.0)),
+                           bool(a.get("is_causal", False))) == "math"
+
+    _chunk_attention._materialises_scores = materialises_scores
+    undo.append(lambda: setattr(_chunk_attention, "_materialises_scores", materialises))
+    autocast_init = torch.amp.autocast_mode.autocast.__init__
+
+    def autocast(self, device_type, dtype=None, enabled=True, cache_enabled=None):
+        # no autocast on the meta device; a CUDA (or CPU) autocast to another dtype than fp16/bf16
+        # disables itself, which is what e.g. Mochi's fp32 rotary block asks for
+        if device_type == "meta":
+            if enabled and dtype in (torch.float16, torch.bfloat16, None):
+                raise NotImplementedError(f"the simulation cannot emulate autocast to {dtype} on the meta device")
+            return autocast_init(self, "cpu", torch.bfloat16, enabled=False, cache_enabled=cache_enabled)
+        return autocast_init(self, device_type, dtype, enabled, cache_enabled)
+
+    torch.amp.autocast_mode.autocast.__init__ = autocast
+    undo.append(lambda: setattr(torch.amp.autocast_mode.autocast, "__init__", autocast_init))
+    from torch.fx.experimental import _config as fx_config
+
+    # a mask's nonzero (Mochi's valid prompt tokens) has a value-dependent length: assumed all valid,
+    # the longest prompt, so the simulation bounds every shorter one
+    assume = fx_config.meta_nonzero_assume_all_nonzero
+    fx_config.meta_nonzero_assume_all_nonzero = True
+    undo.append(lambda: setattr(fx_config, "meta_nonzero_assume_all_nonzero", assume))
 
     def pre_hook(module, args, kwargs):
         with _disable_current_modes():
@@ -362,10 +408,12 @@ def _sessions(pipe):
 
 
 def run(pipe, kwargs: dict, *, policy=None, memory=None, attention: str = "auto", device_type: str = "meta",
-        steps: Optional[int] = None, offload: str = "none", seed: int = 0, memo: bool = True) -> Figures:
+        steps: Optional[int] = None, offload: str = "none", seed: int = 0, memo=True) -> Figures:
     """One pipeline call on ``pipe`` (on ``device_type``: ``"meta"`` simulates, ``"cpu"`` measures)
     with ``worst_case(policy)`` and ``memory`` (a MemoryPlan or None), counted by both trackers;
-    ``steps`` defaults to what the policy's worst case needs (lightcache.simulate.worst.steps_for)."""
+    ``steps`` defaults to what the policy's worst case needs (lightcache.simulate.worst.steps_for).
+    ``memo``: the op-metadata memo of :class:`DeviceBytes` (True: one for this call; a dict: shared
+    with other calls, which then answer the ops they repeat without running them)."""
     if steps is None:
         steps = steps_for(policy)
     import lightcache
@@ -391,10 +439,10 @@ def run(pipe, kwargs: dict, *, policy=None, memory=None, attention: str = "auto"
     def cache_bytes():
         return sum(s.store.device_bytes for s in sessions if s.store is not None)
 
-    counter = DeviceBytes(device_type, phase=phase, cache_bytes=cache_bytes, memo=meta and memo)
+    counter = DeviceBytes(device_type, phase=phase, cache_bytes=cache_bytes, memo=memo if meta else False)
     if "max_guidance_scale" in call:
         pipe._sim_max_guidance = call["max_guidance_scale"]
-    with _meta_run(pipe) if meta else contextlib.nullcontext(), warnings.catch_warnings(record=True) as caught:
+    with _meta_run(pipe, attention) if meta else contextlib.nullcontext(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         lightcache.enable(pipe, policy=worst_case(policy), memory=plan)
         try:
@@ -402,7 +450,12 @@ def run(pipe, kwargs: dict, *, policy=None, memory=None, attention: str = "auto"
             decoder = getattr(getattr(getattr(pipe, "vae", None), "decode", None), "lightcache_decoder", None)
             t0 = time.perf_counter()
             with emulation if emulation is not None else contextlib.nullcontext(), counter:
-                pipe(**call, generator=torch.Generator().manual_seed(seed))
+                try:
+                    pipe(**call, generator=torch.Generator().manual_seed(seed))
+                except RuntimeError as e:
+                    if meta and "cannot be called on meta tensors" in str(e):
+                        raise NotImplementedError(_reads_values(pipe, e)) from e
+                    raise
             seconds = time.perf_counter() - t0
             rep = lightcache.report(pipe)
         finally:
@@ -429,6 +482,17 @@ def run(pipe, kwargs: dict, *, policy=None, memory=None, attention: str = "auto"
         decode_plans=[dict(frames_per_slice=p.frames_per_slice, tile=p.tile, estimated_bytes=p.estimated_bytes)
                       for p in (decoder.plans.values() if decoder is not None else ())],
     )
+
+
+def _reads_values(pipe, error) -> str:
+    """The message for a pipeline whose code branches on (or sizes a tensor by) a tensor's value."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if "diffusers" in f.filename and os.sep + "hooks" + os.sep not in f.filename]
+    where = f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno}: {frames[-1].line})" if frames else ""
+    return (f"{type(pipe).__name__} reads a tensor's value during the call{where}; a meta-device simulation "
+            "has shapes only, so lightcache plan cannot simulate this pipeline")
 
 
 def _input_bytes(call: dict, device_type: str) -> int:

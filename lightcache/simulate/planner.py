@@ -14,11 +14,12 @@ MemoryPlan settings in order of expected cost and keeps the first whose pipeline
 inputs + live bytes, every phase) fits. Two passes, the first with exact plans only:
 
 1. denoise: no plan; ``swap="on"``; feature chunk without swap (skipped where the device cache
-   alone with the weights exceeds the cap), then with swap: the largest of 16384, 8192, ..., 256
-   rows whose denoise fits (sizes at or above the sequence skipped): the largest first, then bisection
-   (the denoise peak falls as the chunk shrinks: at most 4 simulations for the 7 sizes, the small
-   chunks, slowest to simulate, only when the larger ones do not fit), as fewer, larger pieces
-   cost less (below); simulations are shared by the offload modes and the caps;
+   alone with the weights exceeds the cap), then with swap: the largest chunk whose denoise fits
+   among those that cut a DiT's tokens into equal pieces (ceil(tokens / k), k = 1, 2, ...: the
+   fewest pieces that fit, no small last piece; :func:`chunk_sizes`; UNets: 16384, 8192, ..., 256
+   rows): the largest first, then galloping and bisection (the denoise peak falls as the chunk
+   shrinks; the small chunks, slowest to simulate, only when the larger ones do not fit), as
+   fewer, larger pieces cost less (below); simulations are shared by the offload modes and the caps;
 2. decode (for the first denoise setting that fits): no plan; then ``decode_slices`` with
    ``decode_to_host=True`` among the slice sizes lightcache decodes exactly for this VAE (the same
    check ``enable`` warns with): the smallest first (if it does not fit, none does), then the
@@ -72,7 +73,7 @@ import torch
 from lightcache.simulate.pipeline import OFFLOADS, PHASES, Figures, build, run
 from lightcache.simulate.worst import ASSUMPTION, steps_for
 
-POLICIES = ("none", "easycache", "precise-base", "precise-turbo", "precise-flash", "deepcache")
+POLICIES = ("none", "easycache", "forecast", "precise-base", "precise-turbo", "precise-flash", "deepcache")
 CHUNKS = (16384, 8192, 4096, 2048, 1024, 512, 256)  # descending: fewest pieces first
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -101,7 +102,7 @@ def parse_size(value, what: str = "size") -> int:
 
 def make_policy(policy):
     """A policy object from a name (:data:`POLICIES`), a policy, or None."""
-    from lightcache import DeepCache, EasyCache, PreciseCache
+    from lightcache import DeepCache, EasyCache, ForecastCache, PreciseCache
     from lightcache.policies.base import CachePolicy
 
     if policy is None or isinstance(policy, CachePolicy):
@@ -112,6 +113,8 @@ def make_policy(policy):
         return None
     if policy == "easycache":
         return EasyCache()
+    if policy == "forecast":
+        return ForecastCache()
     if policy == "deepcache":
         return DeepCache()
     return PreciseCache(mode=policy.split("-")[1])
@@ -120,10 +123,12 @@ def make_policy(policy):
 def policy_name(policy) -> str:
     if policy is None:
         return "none"
-    from lightcache import DeepCache, EasyCache
+    from lightcache import DeepCache, EasyCache, ForecastCache
 
     if isinstance(policy, EasyCache):
         return "easycache"
+    if isinstance(policy, ForecastCache):
+        return "forecast"
     if isinstance(policy, DeepCache):
         return "deepcache"
     return f"precise-{policy.mode}"
@@ -548,6 +553,49 @@ def _largest(chunks, fits):
     return chunks[lo] if lo < len(chunks) else None
 
 
+def chunk_sizes(tokens: Optional[int]) -> List[int]:
+    """The chunk sizes the fit tries, descending (fewest pieces first). A DiT's chunked calls split
+    its ``tokens`` query rows per batch item (attention) and batch x tokens rows (FeedForward), so
+    the candidates cut them into equal pieces: ceil(tokens / k) for k = 1, 2, ... (k = 1 splits a
+    batched call per item), each the smallest chunk of its piece count (the lowest peak for that
+    many pieces), down to 256 rows (or two pieces, for fewer than 512 tokens). A power-of-two chunk
+    leaves a small last piece (576 rows at 256: 256 + 256 + 64) that costs a piece's overhead for
+    little memory. UNets (``tokens`` None: frame and pixel chunks) keep :data:`CHUNKS`."""
+    if tokens is None:
+        return list(CHUNKS)
+    floor = min(CHUNKS[-1], -(-tokens // 2))
+    out, k = [], 1
+    while True:
+        c = -(-tokens // k)
+        if c < floor:
+            return out
+        if not out or c != out[-1]:
+            out.append(c)
+        k += 1
+
+
+def _fewest_pieces(chunks, fits):
+    """The largest of ``chunks`` (descending) for which ``fits`` (monotone: a smaller chunk never
+    raises the peak), or None. Galloping from the largest (1, 2, 4, ... candidates down), then
+    bisection inside the last step: about 2 log2(i) calls for the answer at index i, so the large
+    chunks (cheap to simulate, and at real sizes the usual answer) are tried first and the many
+    small ones only when those do not fit."""
+    if not chunks:
+        return None
+    if fits(chunks[0]):
+        return chunks[0]
+    bad, step = 0, 1  # chunks[bad] does not fit
+    while True:
+        i = min(bad + step, len(chunks) - 1)
+        if i == bad:
+            return None
+        if fits(chunks[i]):
+            break
+        bad, step = i, step * 2
+    between = _largest(chunks[bad + 1:i], fits)  # chunks[bad] does not fit, chunks[i] does
+    return chunks[i] if between is None else between
+
+
 def expected_cost(sim, cand: dict, piece_overhead=None) -> dict:
     """The cost model of the module docstring for the denoise setting ``cand`` (MemoryPlan fields:
     swap, chunk_size, cache_dtype), from its latent-only simulation's piece counts: a dict with ``extra_pieces_per_call``, ``copied_per_call``
@@ -614,7 +662,7 @@ def _fit(sim, pol, cap, scenarios, offload, piece_overhead=None) -> dict:
     if sim.exact_slices is None:  # the same for every cap
         sim.exact_slices = _exact_slices(sim)
     exact_slices = sim.exact_slices
-    chunks = [c for c in CHUNKS if tokens is None or c < tokens]
+    chunks = chunk_sizes(tokens)
     for lossy in (False, True):
         if not lossy:
             candidates = [dict(swap="off")] + ([dict(swap="on")] if pol is not None else [])
@@ -651,7 +699,7 @@ def _fit(sim, pol, cap, scenarios, offload, piece_overhead=None) -> dict:
                         unplanned = _with_offload(sim, sim.cached(pol, dict(swap="off"), latent_only=True), mode)
                         if unplanned.weights["denoise"] + inputs + unplanned.cache_at_peak["denoise"] > cap:
                             continue
-                    c = _largest(chunks, lambda c: denoise_fits(dict(base_cand, chunk_size=c)))
+                    c = _fewest_pieces(chunks, lambda c: denoise_fits(dict(base_cand, chunk_size=c)))
                     if c is None:
                         continue
                     cand = dict(base_cand, chunk_size=c)

@@ -32,7 +32,7 @@ import weakref
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map
 
 PHASES = ("encode", "denoise", "decode")
 
@@ -55,9 +55,11 @@ class DeviceBytes(TorchDispatchMode):
     ``phase()`` (a callable) names the current phase; ``cache_bytes()`` the device bytes the
     caching store holds now (sampled at each new phase peak)."""
 
-    def __init__(self, device_type: str, phase=lambda: "encode", cache_bytes=lambda: 0, memo: bool = False):
+    def __init__(self, device_type: str, phase=lambda: "encode", cache_bytes=lambda: 0, memo=False):
         super().__init__()
-        self.memo = {} if memo else None
+        # memo: True (a fresh one), or a dict shared by several counters (the remembered metadata is
+        # a function of the op and its arguments' metadata only, so runs may share it)
+        self.memo = memo if isinstance(memo, dict) else ({} if memo else None)
         self.memo_hits = 0
         self.device_type = device_type
         self.phase = phase
@@ -99,7 +101,17 @@ class DeviceBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = self._call(func, args, kwargs)
+        try:
+            out = self._call(func, args, kwargs)
+        except RuntimeError as e:
+            if self.device_type != "meta" or "is not on the expected device" not in str(e):
+                raise
+            # host timesteps (a simulation keeps them on the CPU) meeting a device tensor in the
+            # pipeline's own arithmetic (SANA-Video I2V: t.expand(mask.shape) * (1 - mask)): on a GPU
+            # the timestep is a device tensor already, so it moves here uncounted, as in the denoiser's
+            # pre-hook
+            args, kwargs = tree_map(_host_to_meta, (args, kwargs))
+            out = self._call(func, args, kwargs)
         info = _schema_info(func)
         if info[1]:  # fresh outputs: the returns without alias annotation
             outs = out if info[0] > 1 else (out,)
@@ -139,6 +151,10 @@ class DeviceBytes(TorchDispatchMode):
         if all_live > self.peak_all[p]:
             self.peak_all[p] = all_live
         return out
+
+
+def _host_to_meta(x):
+    return x.to("meta") if isinstance(x, torch.Tensor) and x.device.type == "cpu" else x
 
 
 _SCHEMA = {}

@@ -20,6 +20,9 @@ computed one and right after a reused one.
   the 4th reuses blocks with a fixed ranking: ceil(block_ratio * blocks) pivotal blocks at odd
   indices (1, 3, 5, ...), so every pivotal block computes while the next reused block's residuals
   are prefetched (what a swapped cache holds on the device at most while a block computes).
+* ForecastCache (5 steps: computed, computed, computed, reused, computed): the 3rd forward runs with
+  both Δ slots of every branch filled and x_i, v_i held (every feature it keeps), the reused 4th
+  forecasts from both Δs, and the 5th runs with the forecast outputs alive.
 * DeepCache (3 steps: full, full, shallow): the second runs while the previous deep feature is held;
   with swapping, the deep feature is prefetched during the shallow blocks.
 
@@ -32,16 +35,17 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from lightcache.policies import DeepCache, EasyCache, PreciseCache
+from lightcache.policies import DeepCache, EasyCache, ForecastCache, PreciseCache
 
 SIM_STEPS = 5  # the most denoising steps a pattern above needs
 _REUSED_STEP = 2  # the step the EasyCache and PreciseCache patterns reuse
+_FORECAST_STEP = 3  # ForecastCache's: after two computes past the first, both Δ slots are full
 
 
 def steps_for(policy) -> int:
     """Denoising steps that reach every worst-case pattern of ``policy`` (uncached: 3, so that a
     multistep scheduler's history is as long as it gets for second-order solvers)."""
-    if isinstance(policy, PreciseCache):
+    if isinstance(policy, (PreciseCache, ForecastCache)):
         return 5
     return 4 if isinstance(policy, EasyCache) else 3
 
@@ -54,6 +58,22 @@ class WorstEasyCache(EasyCache):
             return state.decisions.get(call.step, True)
         compute = call.step != _REUSED_STEP or not state.has_last
         state.decisions[call.step] = compute
+        return compute
+
+
+class WorstForecastCache(ForecastCache):
+    """ForecastCache with steps computed, computed, computed, reused, computed (module doc); its
+    EasyCache records x_i, v_i and the rate's partial sums as in a real run."""
+
+    def should_compute(self, state, call, x):
+        if state.criterion is None:
+            state.criterion = EasyCache(threshold=self.threshold, warmup_steps=0)
+            state.schedule = state.criterion.new_state(state.run)
+        decisions = state.schedule.decisions
+        if not call.leader:
+            return decisions.get(call.step, True)
+        compute = call.step != _FORECAST_STEP or len(state.steps.get(call.branch, [])) < 2
+        decisions[call.step] = compute
         return compute
 
 
@@ -101,13 +121,15 @@ def worst_case(policy):
     """The worst-case-residency version of ``policy`` (None stays None)."""
     if policy is None:
         return None
-    if isinstance(policy, (WorstEasyCache, WorstPreciseCache, WorstDeepCache)):
+    if isinstance(policy, (WorstEasyCache, WorstForecastCache, WorstPreciseCache, WorstDeepCache)):
         return policy
-    if not isinstance(policy, (EasyCache, PreciseCache, DeepCache)):
+    if not isinstance(policy, (EasyCache, ForecastCache, PreciseCache, DeepCache)):
         raise TypeError(f"policy: no worst case is known for {type(policy).__name__}")
     fields = {f.name: getattr(policy, f.name) for f in dataclasses.fields(policy)}
     if isinstance(policy, EasyCache):
         return WorstEasyCache(**fields)
+    if isinstance(policy, ForecastCache):
+        return WorstForecastCache(**fields)
     if isinstance(policy, PreciseCache):
         return WorstPreciseCache(**fields)
     if isinstance(policy, DeepCache):
@@ -123,5 +145,7 @@ ASSUMPTION = {
                     "3rd with D_j of every block, stream and branch and the cached predictions held, the 3rd also "
                     "with the reused outputs), then reuses with pivotal blocks at odd indices (each computes with "
                     "the next reused block's residuals prefetched)",
+    "ForecastCache": "steps computed, computed, computed, reused, computed: the 3rd forward with both Δ slots of "
+                     "every branch and x_i, v_i held, the reused 4th forecast from both, the 5th with its outputs alive",
     "DeepCache": "steps full, full (with the previous deep feature held), shallow (deep feature prefetched)",
 }

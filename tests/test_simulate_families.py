@@ -1,0 +1,152 @@
+"""lightcache.simulate at tiny scale for the further families (tests/tiny_families/).
+
+The validation of tests/test_simulate.py (the simulator's per-stage peaks equal the CPU tracker's,
+byte for byte; the cache's high-water marks equal; the whole call within a tolerance) for each
+family of ``tiny_pipelines.MORE_FAMILIES``: uncached, each DiT policy at its worst case (EasyCache,
+PreciseCache flash, whose residency includes base's) and PreciseCache-flash with every memory-plan option at once (swap,
+a chunk size that splits something in it where chunking applies, its exact decode slices, decode
+to host); the chunked calls and pieces are equal too (the simulation splits what a real run
+splits). The other plan options one at a time (test_simulate.py covers them for the original
+families) are left out to keep this file's cost down: they run the same code paths as the
+all-options plan.
+
+Each family's pipeline is built once per device and reused for its four runs (lightcache.disable
+restores it), and its meta runs share the simulator's op memo. Tolerances, each with its reason:
+whole-call ones beyond test_simulate's WHOLE_CALL_TOLERANCE in ``WHOLE_CALL``; the stage peaks are
+exact except the swapped all-options run of three Wan-based families (``SWAP_COPY``: the CPU
+tracker cannot see the ring's own copy of a non-contiguous source). Families whose code reads a
+tensor's value are refused by the simulation, and that refusal is what is tested for them
+(``READS_VALUES``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightcache import EasyCache, MemoryPlan, PreciseCache
+from lightcache.memory.chunk_spec import counting
+from lightcache.simulate import pipeline as sp
+from test_simulate import SYNC, WHOLE_CALL_TOLERANCE, _compare, _quiet, _tiny_family  # noqa: F401 (_quiet: autouse)
+from tiny_pipelines import MORE_FAMILIES, matrix_info
+
+IMAGE = 3 * 32 * 32 * 4  # one of the tiny families' 32x32 RGB conditioning images in fp32
+
+# family -> whole-call tolerance (bytes) where test_simulate's does not cover it, and why. Each is
+# host work that a CPU run counts as device memory and a GPU run (so the simulation) keeps on the host.
+WHOLE_CALL = {
+    # EulerAncestralDiscreteScheduler builds its 1000-step fp32 betas/alphas tables at set_timesteps
+    "allegro": WHOLE_CALL_TOLERANCE + 2 * 1000 * 4,
+    # the video processor's preprocessing of the conditioning image (x * 2 - 1 and friends) runs on
+    # the host before the image moves to the device: up to two image-sized temporaries at once
+    "consisid": WHOLE_CALL_TOLERANCE + 2 * IMAGE,
+    "kandinsky5_i2v": WHOLE_CALL_TOLERANCE + 2 * IMAGE,
+    "sana_video_i2v": WHOLE_CALL_TOLERANCE + 2 * IMAGE,
+}
+
+# family -> bytes the simulation's swapped stage peaks may exceed the CPU tracker's (never fall below).
+# Wan-based blocks with the FFN chunked store a non-contiguous residual (1, 12 tokens, 24) fp32;
+# the ring's store copies it to a contiguous buffer inside its op, where the CPU tracker (a dispatch
+# mode, off inside an op it dispatches) cannot see it, and holds that copy until its next operation.
+# The simulation holds the stored source itself instead (lightcache.simulate.store.MetaRing), the
+# same bytes a GPU's ring holds for the copy: so the CPU figure is the low one, by one residual.
+SWAP_COPY = {f: 12 * 24 * 4 for f in ("skyreels_v2", "skyreels_v2_df", "wan_vace")}
+
+# the transformer reads a tensor's value: a simulation (shapes only) refuses, naming the line
+READS_VALUES = {
+    "hunyuan_video15": "if is_t2v",  # torch.all(image_embeds == 0) decides text- vs image-to-video
+    "hunyuan_video15_i2v": "if is_t2v",
+    "hunyuan_video_framepack": "effective_condition_sequence_length[0]",  # the prompt's valid length
+}
+
+
+# rows per chunk: the largest of 8, 16, 32 that still splits the family's tiny pipeline (the
+# matrix's chunk of 2 splits it into hundreds of pieces, each a few meta ops: 4-8 s more a family);
+# families that MatrixInfo says have nothing to chunk run without chunk_size
+CHUNK = {"allegro": 32, "consisid": 32, "hunyuan_video_i2v": 32, "latte": 32, "ltx2": 32, "mochi": 16,
+         "skyreels_v2": 8, "skyreels_v2_df": 8, "wan_animate": 16, "wan_vace": 8}
+
+
+def _plans(family):
+    info = matrix_info(family)
+    everything = dict(swap="on", decode_slices=info["decode_slices"], decode_to_host=True, **SYNC)
+    if info["chunk"] is not None:
+        everything["chunk_size"] = CHUNK[family]
+    flash = PreciseCache(mode="flash")
+    # PreciseCache base's worst case (the prediction per branch) is a part of flash's (that and the
+    # blocks' residuals): flash alone covers its code, at a fifth less of this file's cost
+    return [(None, MemoryPlan(swap="off")), (EasyCache(), MemoryPlan(swap="off")), (flash, MemoryPlan(swap="off")),
+            (flash, MemoryPlan(**everything))]
+
+
+def _pipes(family):
+    out = {}
+    for device in ("cpu", "meta"):
+        pipe, kw = _tiny_family(family, device)
+        if family == "mochi":
+            # Mochi's attention keeps the prompt's valid tokens (nonzero of the mask): the simulation
+            # assumes every token valid (lightcache.simulate.pipeline), so the masks are all ones here
+            kw = {k: (torch.ones_like(v) if k.endswith("attention_mask") else v) for k, v in kw.items()}
+        out[device] = (pipe, kw)
+    return out
+
+
+@pytest.mark.parametrize("family", sorted(set(MORE_FAMILIES) - set(READS_VALUES)))
+def test_simulation_equals_cpu_tracker_more_families(family):
+    pipes = _pipes(family)
+    tolerance = WHOLE_CALL.get(family, WHOLE_CALL_TOLERANCE)
+    problems = []
+    memo = {}  # the simulator's op memo, shared by the family's meta runs (exact: see DeviceBytes)
+    for policy, memory in _plans(family):
+        figs, pieces = {}, {}
+        for d in pipes:
+            with counting() as c:
+                figs[d] = sp.run(*pipes[d], policy=policy, memory=memory, attention="cpu", device_type=d, memo=memo)
+            pieces[d] = (c.calls, c.pieces)
+        if pieces["cpu"] != pieces["meta"] or (memory.chunk_size is not None and not pieces["cpu"][1]):
+            problems.append(f"{policy!r} {memory!r}: chunked (calls, pieces) cpu {pieces['cpu']} meta {pieces['meta']}")
+        found = _compare(figs["cpu"], figs["meta"], tolerance)
+        if memory.swap == "on" and family in SWAP_COPY and found and found[0].startswith("stage peaks"):
+            over = {k: figs["meta"].tracked[k] - figs["cpu"].tracked[k] for k in figs["cpu"].tracked}
+            if all(0 <= d <= SWAP_COPY[family] for d in over.values()):
+                found = found[1:]
+        problems += [f"{policy!r} {memory!r}: {p}" for p in found]
+        if figs["meta"].denoiser_calls != figs["cpu"].denoiser_calls:
+            problems.append(f"{policy!r} {memory!r}: denoiser calls cpu {figs['cpu'].denoiser_calls} "
+                            f"meta {figs['meta'].denoiser_calls}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("family", sorted(READS_VALUES))
+def test_simulation_refuses_pipelines_that_read_values(family):
+    pipe, kw = _tiny_family(family, "meta")
+    with pytest.raises(NotImplementedError, match=r"reads a tensor's value .*" + READS_VALUES[family].replace("[", r"\[")):
+        sp.run(pipe, kw, memory=MemoryPlan(swap="off"), attention="cpu")
+
+
+def test_planner_chunk_candidates_cut_equal_pieces_and_gallop():
+    """The fit's chunk sizes for a DiT cut its tokens into k equal pieces (the smallest chunk of each
+    piece count), and _fewest_pieces finds the largest fitting one of a monotone fit without
+    repeating a call, within 1 + 2 ceil(log2 n) calls, the largest first."""
+    import math
+
+    from lightcache.simulate.planner import CHUNKS, _fewest_pieces, chunk_sizes
+
+    assert chunk_sizes(576) == [576, 288]  # 192 (3 pieces) is below the 256-row floor
+    assert chunk_sizes(320) == [320, 160]  # fewer than 512 tokens: down to two pieces
+    sizes = chunk_sizes(32760)  # Wan2.1 480p 81 frames
+    assert sizes[:4] == [32760, 16380, 10920, 8190] and min(sizes) >= 256
+    assert all(-(-32760 // c) == k for k, c in enumerate(sizes, 1))  # one size per piece count
+    assert chunk_sizes(None) == list(CHUNKS)
+    for n in (1, 2, 3, 8, 128):
+        chunks = list(range(10 * n, 0, -10))
+        for first_fitting in range(n + 1):
+            calls = []
+
+            def fits(c):
+                calls.append(c)
+                return chunks.index(c) >= first_fitting
+
+            assert _fewest_pieces(chunks, fits) == (chunks[first_fitting] if first_fitting < n else None)
+            assert calls[0] == chunks[0] and len(set(calls)) == len(calls)
+            assert len(calls) <= 1 + 2 * math.ceil(math.log2(max(n, 2)))
