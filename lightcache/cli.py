@@ -80,7 +80,7 @@ def _add_plan(sub) -> None:
     p.add_argument("--steps", type=int, default=50, help="denoising steps of the run (3 are simulated: later steps repeat "
                    "them)")
     p.add_argument("--dtype", default="bf16", help="weights' dtype: bf16, fp16 or fp32")
-    p.add_argument("--policy", default=None, help="none, easycache, precise-base, precise-turbo, precise-flash, "
+    p.add_argument("--policy", default=None, help="none, easycache, forecast, precise-base, precise-turbo, precise-flash, "
                    "deepcache (default: precise-flash for DiTs, deepcache for UNets)")
     p.add_argument("--memory", default=None, help="MemoryPlan fields, e.g. swap=on,chunk_size=4096,decode_slices=1 "
                    "(default: none given; --fit searches one)")
