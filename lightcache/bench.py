@@ -6,7 +6,7 @@
     lightcache bench --model svd --scale tiny                  the same pipeline code shrunk, on CPU
     lightcache bench --checkpoint DIR_OR_HUB_ID [--dtype bf16] [--offload model]   a real diffusers checkpoint
     lightcache bench --list-methods                            every method, where it applies, installed or not
-    lightcache bench --sweep [--sweep-points N]                threshold sweeps, matched speed-up
+    lightcache bench --sweep [--sweep-points N] [--conditions N] [--seeds K]   threshold sweeps, matched speed-up
 
 For each method the pipeline runs with the same seed and inputs as the uncached reference:
   * speed-up: median over ``--repeats`` runs, methods alternating within each round, of the
@@ -37,10 +37,20 @@ installed or does not apply to the model is listed with the reason and the rest 
 MagCache needs per-model ``mag_ratios``: the bench first runs diffusers' own calibration
 (``MagCacheConfig(calibrate=True)``, one uncached run on another seed) and says so.
 
-``--sweep`` runs each threshold-like knob (EasyCache τ, PreciseCache α, FirstBlockCache threshold,
-TaylorSeer cache interval, PAB skip range, MagCache threshold, cache-dit's residual threshold with
-and without its TaylorSeer calibrator) over a few settings and compares
-PSNR at matched speed-up (see :func:`matched_comparison`); it needs a trained model.
+``--sweep`` runs each threshold-like knob (EasyCache τ, ForecastCache τ, PreciseCache α, FirstBlockCache
+threshold, TaylorSeer cache interval, PAB skip range, MagCache threshold, cache-dit's residual threshold with
+and without its TaylorSeer calibrator) over its settings (:data:`SWEEPS`); it needs a trained model.
+Fidelity (PSNR/SSIM against the uncached run of the same condition and seed) is scored over
+``--conditions N`` conditions (:func:`sweep_condition`) x ``--seeds K`` seeds (:func:`sweep_seed`),
+each run once (it is deterministic), reported as mean, min-max and std; speed-ups are medians of
+alternating timed rounds on the first condition and seed. For each peer, lightcache's Pareto envelope
+(all its settings) against the peer's, by mean PSNR, at matched speed-up where both envelopes reach,
+by wall time and by block FLOPs, with the margins at 1.5/2/2.5/3x (:func:`matched_comparison`).
+Issue 12's instrument (50 steps, 4 conditions x 2 seeds; benchmarks/results/sweep-wan-proxy-50steps-cpu)::
+
+    lightcache bench --sweep --model wan-proxy --steps 50 --conditions 4 --seeds 2 \
+        --methods easycache,forecast,precise-base,precise-flash,diffusers-fbc,diffusers-taylorseer,\
+diffusers-magcache,cache-dit,cache-dit-taylorseer --out benchmarks/results/sweep-wan-proxy-50steps-cpu
 """
 
 from __future__ import annotations
@@ -752,10 +762,10 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _run(model: BenchModel, device) -> tuple:
+def _run(model: BenchModel, device, seed: int = 0) -> tuple:
     _sync(device)
     t = time.perf_counter()
-    out = model.pipe(**model.kwargs, generator=torch.Generator("cpu").manual_seed(0))
+    out = model.pipe(**model.kwargs, generator=torch.Generator("cpu").manual_seed(seed))
     _sync(device)
     return time.perf_counter() - t, _frames(out)
 
@@ -843,10 +853,10 @@ def _latent_batch(args, kwargs) -> Optional[int]:
     return int(x.shape[0]) if isinstance(x, torch.Tensor) else None
 
 
-def _counted_run(model: BenchModel, device) -> tuple:
+def _counted_run(model: BenchModel, device, seed: int = 0) -> tuple:
     """One run with its block FLOPs counted (:class:`BlockFlops`): (video, block FLOPs)."""
     with BlockFlops(_denoiser(model.pipe)) as bf:
-        _, video = _run(model, device)
+        _, video = _run(model, device, seed)
     return video, bf.flops
 
 
@@ -910,7 +920,8 @@ def _time_alternating(model: BenchModel, device, methods: List[Method], rows: Di
 
     with tqdm(total=repeats * (1 + len(methods)), desc=desc, disable=no_progress) as bar:
         _run(model, device)  # warm-up
-        for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(repeats):
             ref.times.append(_run(model, device)[0])
             bar.update()
             for method in methods:
@@ -921,6 +932,10 @@ def _time_alternating(model: BenchModel, device, methods: List[Method], rows: Di
                     method.disable(model)
                 rows[method.name].times.append(t)
                 bar.update()
+            spent = time.perf_counter() - t0
+            if repeats > 1:
+                status(f"{desc}: round {i + 1}/{repeats} done ({spent:.0f} s so far, ETA "
+                       f"{spent / (i + 1) * (repeats - i - 1):.0f} s)")
     ref_t = statistics.median(ref.times)
     for r in [ref, *(rows[m.name] for m in methods)]:
         r.time_s = statistics.median(r.times)
@@ -1097,6 +1112,10 @@ def write_plots(result: dict, videos: dict, out: Path) -> List[str]:
 # ---------------------------------------------------------------------------------------------
 
 PSNR_FLOOR_DB, SPEEDUP_GOAL = 30.0, 2.5  # the DiT-proxy target: >= 2.5x at PSNR >= 30 dB
+# issue 12's target: lightcache's envelope above each peer's at every matched speed-up in 1.5-3x;
+# the margins are also reported at these speed-ups
+MATCH_WINDOW = (1.5, 3.0)
+MARGIN_GRID = (1.5, 2.0, 2.5, 3.0)
 
 
 def _grid(values: tuple, points: Optional[int]) -> tuple:
@@ -1108,8 +1127,100 @@ def _grid(values: tuple, points: Optional[int]) -> tuple:
     return tuple(values[round(i * (len(values) - 1) / (points - 1))] for i in range(points))
 
 
+# --- conditions and seeds (--conditions, --seeds) ---
+
+
+def sweep_condition(k: int):
+    """The ``k``-th condition the sweep scores (a :class:`lightcache.proxy.data.Condition`): shape
+    ``k mod 3``, colour ``k mod 4``, motion ``(k + k // 4) mod 4``. The first is condition 0 (red
+    circle moving left, what the bench runs by default); the first 4 cover all 3 shapes, 4 colours
+    and 4 motions; the first 48 are the 48 conditions, each once (k and k + 12 share shape and
+    colour, and their motions differ)."""
+    from lightcache.proxy.data import COLOURS, MOTIONS, NUM_CONDITIONS, SHAPES, Condition
+
+    if not 0 <= k < NUM_CONDITIONS:
+        raise ValueError(f"condition number must be in 0..{NUM_CONDITIONS - 1}, got {k}")
+    return Condition(SHAPES[k % len(SHAPES)], COLOURS[k % len(COLOURS)], MOTIONS[(k + k // 4) % len(MOTIONS)])
+
+
+def sweep_seed(j: int) -> int:
+    """The ``j``-th sampling seed: 0, 2, 3, ...; seed :data:`CALIBRATION_SEED` (1) is MagCache's
+    calibration run, so no method is scored on the run it was calibrated on."""
+    return j if j < CALIBRATION_SEED else j + 1
+
+
+def vocabulary_condition(model: BenchModel):
+    """The proxy-vocabulary condition (:mod:`lightcache.proxy.data`) whose embeddings are
+    ``model``'s ``prompt_embeds`` (compared exactly, at their width and token count), or None
+    (a checkpoint's own prompt, a model without ``prompt_embeds``)."""
+    from lightcache.proxy.data import ALL_CONDITIONS, prompt_embeds
+
+    pe = model.kwargs.get("prompt_embeds")
+    if not isinstance(pe, torch.Tensor) or pe.dim() != 3 or pe.shape[0] != 1:
+        return None
+    table = prompt_embeds(list(ALL_CONDITIONS), pe.shape[-1], pe.shape[-2]).to(pe.dtype)
+    found = [c for c, e in zip(ALL_CONDITIONS, table) if torch.equal(e, pe[0].detach().cpu())]
+    return found[0] if found else None
+
+
+def condition_models(model: BenchModel, n: int) -> List[tuple]:
+    """``(label, model)`` for each of the ``n`` conditions the sweep scores. ``n == 1``: ``model``
+    as loaded (any trained model or checkpoint). Otherwise ``model`` must be driven by the proxy
+    vocabulary (its ``prompt_embeds`` one of :func:`vocabulary_condition`'s, as every trained proxy
+    of the bench is); its condition comes first, then :func:`sweep_condition`'s order without it,
+    each as the same pipeline with that condition's embeddings (the rest of the call unchanged)."""
+    from dataclasses import replace
+
+    from lightcache.proxy.data import NUM_CONDITIONS, prompt_embeds
+
+    base = vocabulary_condition(model)
+    if n == 1:
+        return [(str(base) if base is not None else "the model's own inputs", model)]
+    if base is None:
+        raise SystemExit(f"--conditions {n}: {model.description} is not driven by the proxy vocabulary's "
+                         "prompt_embeds (lightcache.proxy.data), so there are no other conditions to score; "
+                         "use a trained proxy (--model wan-proxy) or --conditions 1")
+    order = [base] + [c for c in map(sweep_condition, range(NUM_CONDITIONS)) if c != base]
+    pe = model.kwargs["prompt_embeds"]
+    out = []
+    for cond in order[:n]:
+        embeds = prompt_embeds(cond, pe.shape[-1], pe.shape[-2]).to(pe.device, pe.dtype)
+        out.append((str(cond), replace(model, kwargs={**model.kwargs, "prompt_embeds": embeds})))
+    return out
+
+
+def spread(values: List[float]) -> dict:
+    """``n``, ``mean``, ``min``, ``max`` and ``std`` (sample standard deviation, n - 1; None for a
+    single value) of ``values``. A PSNR of inf (output identical to the reference) makes the mean
+    inf and the std None."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("spread of no values")
+    finite = all(math.isfinite(v) for v in values)
+    return {"n": n, "mean": sum(values) / n, "min": min(values), "max": max(values),
+            "std": statistics.stdev(values) if n > 1 and finite else None}
+
+
+class _Progress:
+    """Status lines for a fixed number of runs: what ran, elapsed, and an ETA from the mean time of
+    the runs so far (rough: cached runs are faster than the references that come first)."""
+
+    def __init__(self, total: int, what: str):
+        self.total, self.done, self.what, self.t0 = total, 0, what, time.perf_counter()
+
+    def step(self, label: str, n: int = 1) -> None:
+        self.done += n
+        spent = time.perf_counter() - self.t0
+        eta = spent / self.done * (self.total - self.done)
+        status(f"{self.what} {self.done}/{self.total}: {label} ({spent:.0f} s so far, ETA {eta:.0f} s)")
+
+
+# --- envelopes and margins ---
+
+
 def pareto_front(points: List[tuple]) -> List[tuple]:
-    """The (speed-up, PSNR, ...) points no other point beats on both, by ascending speed-up.
+    """The (speed-up, PSNR, ...) points no other point beats on both, by ascending speed-up
+    (strictly ascending: of two points at one speed-up the lower PSNR is dominated).
     Points with a non-finite PSNR (output identical to the reference) are left out."""
     pts = sorted((p for p in points if math.isfinite(p[1])), key=lambda p: (-p[0], -p[1]))
     front, best = [], -math.inf
@@ -1121,35 +1232,78 @@ def pareto_front(points: List[tuple]) -> List[tuple]:
 
 
 def psnr_at(front: List[tuple], speedup: float) -> Optional[float]:
-    """PSNR a method reaches at speed-up >= ``speedup``: linear between its Pareto points; below its
-    slowest Pareto point, that point's PSNR (reached faster); None beyond its fastest point."""
-    if not front or speedup > front[-1][0]:
+    """PSNR of the envelope ``front`` (:func:`pareto_front`) at ``speedup``: linear between its
+    points; None outside its slowest..fastest points, where it was not measured (no claim below the
+    slowest point: a peer's point at 0.9x is not matched with our slowest point's PSNR)."""
+    if not front or not front[0][0] <= speedup <= front[-1][0]:
         return None
-    if speedup <= front[0][0]:
-        return front[0][1]
     for (s0, p0, *_), (s1, p1, *_) in zip(front, front[1:]):
         if s0 <= speedup <= s1:
-            return p0 + (p1 - p0) * (speedup - s0) / (s1 - s0) if s1 > s0 else max(p0, p1)
-    return None  # unreachable: the front covers [front[0][0], front[-1][0]]
+            return p0 + (p1 - p0) * (speedup - s0) / (s1 - s0)
+    return front[0][1]  # a one-point front, at exactly its speed-up
 
 
-def matched_comparison(ours: List[tuple], peer: List[tuple]) -> dict:
-    """PSNR of ``ours`` minus ``peer`` at matched speed-ups: at every Pareto point of either side
-    up to the smaller of the two top speed-ups (where both reach), each side's PSNR by
-    :func:`psnr_at`. Points are (speed-up, PSNR, ...)."""
-    fo, fp = pareto_front(ours), pareto_front(peer)
-    if not fo or not fp:
-        return {"matched": [], "min_margin_db": None, "mean_margin_db": None, "ours_better_at_all": None,
-                "note": "no finite-PSNR point on one side"}
-    top = min(fo[-1][0], fp[-1][0])
-    grid = sorted({p[0] for p in fo + fp if p[0] <= top})
-    matched = []
-    for s in grid:
+def _margins(fo: List[tuple], fp: List[tuple], speeds) -> List[dict]:
+    out = []
+    for s in speeds:
         a, b = psnr_at(fo, s), psnr_at(fp, s)
-        matched.append({"speedup": s, "ours_psnr": a, "peer_psnr": b, "margin_db": a - b})
-    margins = [m["margin_db"] for m in matched]
-    return {"matched": matched, "min_margin_db": min(margins), "mean_margin_db": sum(margins) / len(margins),
-            "ours_better_at_all": all(m > 0 for m in margins)}
+        out.append({"speedup": s, "ours_psnr": a, "peer_psnr": b,
+                    "margin_db": None if a is None or b is None else a - b})
+    return out
+
+
+def matched_comparison(ours: List[tuple], peer: List[tuple], window: tuple = MATCH_WINDOW,
+                       grid: tuple = MARGIN_GRID) -> dict:
+    """PSNR of ``ours`` minus ``peer`` at matched speed-ups, each side's Pareto envelope linear in
+    speed-up (:func:`psnr_at`), only where both envelopes reach (``covered``: the larger slowest
+    point to the smaller fastest point). ``matched``: at the ends of ``covered`` and every Pareto
+    point of either side inside it; the difference of two piecewise-linear envelopes is extreme at
+    those, so ``min_margin_db`` is the minimum over the whole covered range. ``window``: the same
+    inside ``window`` (clipped to ``covered``; None when they do not meet). ``at``: the margin at
+    each speed-up of ``grid`` (None where an envelope does not reach). Points are (speed-up, PSNR, ...)."""
+    fo, fp = pareto_front(ours), pareto_front(peer)
+    result = {"covered": None, "matched": [], "min_margin_db": None, "mean_margin_db": None,
+              "ours_better_at_all": None, "window": None, "at": _margins(fo, fp, grid)}
+    if not fo or not fp:
+        return {**result, "note": "no finite-PSNR point on one side"}
+    lo, hi = max(fo[0][0], fp[0][0]), min(fo[-1][0], fp[-1][0])
+    if lo > hi:
+        return {**result, "note": f"the envelopes share no speed-up (ours {fo[0][0]:.2f}-{fo[-1][0]:.2f}x, "
+                                  f"peer {fp[0][0]:.2f}-{fp[-1][0]:.2f}x)"}
+
+    def over(a, b):
+        matched = _margins(fo, fp, sorted({a, b} | {p[0] for p in fo + fp if a <= p[0] <= b}))
+        margins = [m["margin_db"] for m in matched]
+        return matched, {"range": [a, b], "min_margin_db": min(margins), "mean_margin_db": sum(margins) / len(margins),
+                         "ours_better_at_all": all(m > 0 for m in margins)}
+
+    matched, summary = over(lo, hi)
+    wlo, whi = max(lo, window[0]), min(hi, window[1])
+    return {**result, "covered": [lo, hi], "matched": matched,
+            **{k: summary[k] for k in ("min_margin_db", "mean_margin_db", "ours_better_at_all")},
+            "window": over(wlo, whi)[1] if wlo <= whi else None}
+
+
+def _envelope_points(ok: List[tuple], axis: str) -> Dict[str, List[tuple]]:
+    """(speed-up, mean PSNR, value) of each method's settings; ``axis`` "wall": the timed speed-up,
+    "flops": the block-FLOP speed-up (1 / fraction of the reference's block FLOPs that ran)."""
+    curves: Dict[str, List[tuple]] = {}
+    for name, value, method, row in ok:
+        x = row.speedup if axis == "wall" else (1 / row.block_flops_ratio if row.block_flops_ratio else None)
+        if x is not None:
+            curves.setdefault(name, []).append((x, row.psnr, value))
+    return curves
+
+
+def _compare(curves: Dict[str, List[tuple]], ours_names: List[str], peer_names: List[str]) -> dict:
+    ours_all = [p + (n,) for n in ours_names for p in curves.get(n, [])]
+    out = {}
+    for peer in peer_names:
+        entry = {"ours": f"best of {', '.join(ours_names)}", **matched_comparison(ours_all, curves.get(peer, []))}
+        entry["by_method"] = {n: {k: v for k, v in matched_comparison(curves.get(n, []), curves.get(peer, [])).items()
+                                  if k not in ("matched", "at")} for n in ours_names}
+        out[peer] = entry
+    return out
 
 
 def sweep(args) -> dict:
@@ -1162,6 +1316,8 @@ def sweep(args) -> dict:
     unknown = [n for n in names if n not in SWEEPS]
     if unknown:
         raise SystemExit(f"--sweep: {', '.join(unknown)} cannot be swept; sweepable: {', '.join(SWEEPS)}")
+    conditions = condition_models(model, args.conditions)
+    seeds = [sweep_seed(j) for j in range(args.seeds)]
     skipped: Dict[str, str] = {}
     points: List[tuple] = []  # (family, value, Method, Row)
     for name in names:
@@ -1177,43 +1333,68 @@ def sweep(args) -> dict:
             method.name = f"{name} {knob}={value}"
             points.append((name, value, method, Row(method.name, settings=method.settings)))
 
-    from tqdm.auto import tqdm
-
+    # Fidelity: each (setting, condition, seed) runs once (the output is deterministic); the first
+    # condition and seed's run also counts block FLOPs (which doubles a run's time) and gives the
+    # reuse ratio. Timing: alternating rounds on the first condition and seed only, to bound the cost.
+    runs = [(label, cmodel, seed) for label, cmodel in conditions for seed in seeds]
+    status(f"sweep: {len(points)} settings x {len(conditions)} conditions x {len(seeds)} seeds "
+           f"({', '.join(label for label, _ in conditions)}; seeds {', '.join(map(str, seeds))}): "
+           f"{(1 + len(points)) * len(runs)} fidelity runs with the references, then {args.repeats} timed rounds of "
+           f"{1 + len(points)} runs on the first condition and seed")
+    t_start, load_start = time.perf_counter(), _loadavg()
+    progress = _Progress((1 + len(points)) * len(runs), "sweep: fidelity run")
     ref = Row("none (reference)")
-    ref_video, ref.block_flops = _counted_run(model, device)
+    ref_videos = []
+    for i, (label, cmodel, seed) in enumerate(runs):
+        if i == 0:
+            video, ref.block_flops = _counted_run(cmodel, device, seed)
+        else:
+            video = _run(cmodel, device, seed)[1]
+        ref_videos.append(video)
+        progress.step(f"reference, {label}, seed {seed}")
     ref.block_flops_ratio = 1.0
-    for name, value, method, row in tqdm(points, desc="sweep: fidelity", disable=args.no_progress):
+    fidelity: Dict[str, dict] = {}
+    for name, value, method, row in points:
+        per_run = []
         try:
-            method.enable(model, args.steps)
-            try:
-                video, row.block_flops = _counted_run(model, device)
-                if method.ours:
-                    rep = lightcache.report(model.pipe)
-                    row.reuse_ratio, row.block_compute_ratio = rep.reuse_ratio, rep.block_compute_ratio
-            finally:
-                method.disable(model)
+            for i, (label, cmodel, seed) in enumerate(runs):
+                method.enable(cmodel, args.steps)
+                try:
+                    if i == 0:
+                        video, row.block_flops = _counted_run(cmodel, device, seed)
+                        if method.ours:
+                            rep = lightcache.report(cmodel.pipe)
+                            row.reuse_ratio, row.block_compute_ratio = rep.reuse_ratio, rep.block_compute_ratio
+                    else:
+                        video = _run(cmodel, device, seed)[1]
+                finally:
+                    method.disable(cmodel)
+                ssim = metrics.ssim(video, ref_videos[i]) if min(video.shape[-2:]) >= 11 else None
+                per_run.append({"condition": label, "seed": seed, "psnr": metrics.psnr(video, ref_videos[i]),
+                                "ssim": ssim})
+                progress.step(f"{method.name}, {label}, seed {seed}")
         except Exception as exc:  # one failing setting must not stop the sweep
             row.status = f"failed: {type(exc).__name__}: {exc}"
+            progress.step(f"{method.name} failed", len(runs) - len(per_run))
             continue
-        _fidelity(row, video, ref_video)
+        psnr = spread([r["psnr"] for r in per_run])
+        ssim = spread([r["ssim"] for r in per_run]) if per_run[0]["ssim"] is not None else None
+        fidelity[method.name] = {"psnr_stats": psnr, "ssim_stats": ssim, "psnr_range": [psnr["min"], psnr["max"]],
+                                 "runs": per_run}
+        row.psnr, row.ssim = psnr["mean"], None if ssim is None else ssim["mean"]
         row.block_flops_ratio = row.block_flops / ref.block_flops
+    t_fidelity = time.perf_counter() - t_start
     ok = [p for p in points if p[3].status == "ok"]
     rows = {p[2].name: p[3] for p in points}
     _time_alternating(model, device, [p[2] for p in ok], rows, ref, args.steps, args.repeats, args.no_progress,
                       "sweep: timing (alternating)")
+    t_total = time.perf_counter() - t_start
 
-    curves: Dict[str, List[tuple]] = {}
-    for name, value, method, row in ok:
-        curves.setdefault(name, []).append((row.speedup, row.psnr, value))
-    ours_names = [n for n in curves if make_method(n).ours]
-    peer_names = [n for n in curves if n not in ours_names]
-    ours_all = [p + (n,) for n in ours_names for p in curves[n]]
-    comparison = {}
-    for peer in peer_names:
-        entry = {"ours": f"best of {', '.join(ours_names)}", **matched_comparison(ours_all, curves[peer])}
-        entry["by_method"] = {n: {k: v for k, v in matched_comparison(curves[n], curves[peer]).items() if k != "matched"}
-                              for n in ours_names}
-        comparison[peer] = entry
+    ours_names = list(dict.fromkeys(p[0] for p in ok if p[2].ours))
+    peer_names = list(dict.fromkeys(p[0] for p in ok if not p[2].ours))
+    comparison = _compare(_envelope_points(ok, "wall"), ours_names, peer_names)
+    for peer, entry in _compare(_envelope_points(ok, "flops"), ours_names, peer_names).items():
+        comparison[peer]["block_flops"] = entry
     reach = [(row.speedup, row.psnr, method.name) for name, value, method, row in ok
              if method.ours and row.psnr >= PSNR_FLOOR_DB]
     best = max(reach) if reach else None
@@ -1222,59 +1403,130 @@ def sweep(args) -> dict:
               "met": best is not None and best[0] >= SPEEDUP_GOAL}
 
     result = {**_header(args, model, device), "mode": "sweep",
+              "conditions": [label for label, _ in conditions], "seeds": seeds,
+              "condition_rule": "lightcache.bench.sweep_condition: the model's own condition first, then shape "
+                                "k mod 3, colour k mod 4, motion (k + k // 4) mod 4; seeds 0, 2, 3, ... (1 is "
+                                "MagCache's calibration seed)",
+              "aggregation": f"PSNR/SSIM against the uncached run of the same condition and seed, over "
+                             f"{len(conditions)} conditions x {len(seeds)} seeds: mean, min-max, sample std; speed-up: "
+                             f"median of {args.repeats} alternating rounds on the first condition and seed (min-max "
+                             "over rounds); block FLOPs and reuse from the first condition and seed",
               "sweep": {name: {"setting": SWEEPS[name][0],
-                               "points": [{"value": p[1], **p[3].__dict__} for p in points if p[0] == name]}
+                               "points": [{"value": p[1], **p[3].__dict__, **fidelity.get(p[2].name, {})}
+                                          for p in points if p[0] == name]}
                         for name in dict.fromkeys(p[0] for p in points)},
               "reference": ref.__dict__, "skipped": skipped, "comparison": comparison, "target": target,
-              "comparison_method": "PSNR at matched speed-up: Pareto points of each side, linear interpolation; "
-                                   "a side's PSNR at speed-up s is the best it reaches at speed-up >= s"}
+              "comparison_method": "PSNR (mean over conditions x seeds) at matched speed-up: each side's Pareto "
+                                   "envelope, linear in speed-up, compared only where both envelopes reach; "
+                                   "block_flops: the same against 1 / block-FLOP fraction",
+              "cost_s": {"fidelity": round(t_fidelity, 1), "timing": round(t_total - t_fidelity, 1),
+                         "total": round(t_total, 1)},
+              "load_average": {"start": load_start, "end": _loadavg()}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
-    print(format_sweep(result))
+    table = format_sweep(result)
+    (out / "table.txt").write_text(table + "\n")
+    print(table)
     _sweep_plot(result, out / "sweep.png")
-    print(f"\nwrote {out / 'results.json'}, sweep.png")
+    print(f"\nwrote {out / 'results.json'}, table.txt, sweep.png")
     return result
 
 
+def _loadavg() -> Optional[List[float]]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # not on every platform
+        return None
+
+
+def _stats_cells(stats: Optional[dict], width: int, digits: int) -> str:
+    """mean, min-max and std cells of a :func:`spread`."""
+    if stats is None:
+        return f"{'n/a':>{width}} {'':>13} {'':>5}"
+    rng = f"{_fmt(stats['min'], f'.{digits}f')}-{_fmt(stats['max'], f'.{digits}f')}"
+    mean, std = _fmt(stats["mean"], f"{width}.{digits}f"), _fmt(stats["std"], f"5.{digits}f", "-")
+    return f"{mean:>{width}} {rng:>13} {std:>5}"
+
+
+def _margin(v: Optional[float]) -> str:
+    return "." if v is None else f"{v:+.2f}"
+
+
 def format_sweep(result: dict) -> str:
-    head = (f"{'method':<22} {'setting':<38} {'speed-up':>8} {'reuse':>6} {'blk FLOPs':>9} {'PSNR dB':>8} "
-            f"{'SSIM':>6}  status")
-    lines = [f"lightcache bench --sweep: {result['model_description']} on {result['device']}, {result['steps']} steps, "
-             f"median of {result['repeats']} alternating runs", head, "-" * len(head)]
+    """The sweep's table (every setting: speed-up with its spread, reuse, block-FLOP fraction, PSNR
+    and SSIM mean / min-max / std over conditions x seeds), then the margins ours - peer at matched
+    speed-up, by wall time and by block FLOPs, then the target."""
+    n_cond, n_seed = len(result.get("conditions", [None])), len(result.get("seeds", [0]))
+    head = (f"{'method':<22} {'setting':<38} {'speed-up':>8} {'min-max':>11} {'reuse':>6} {'blk FLOPs':>9} "
+            f"{'PSNR dB':>8} {'min-max':>13} {'std':>5} {'SSIM':>6} {'min-max':>13} {'std':>5}  status")
+    lines = [f"lightcache bench --sweep: {result['model_description']} on {result['device']}, {result['steps']} steps; "
+             f"speed-up: median of {result['repeats']} alternating runs on the first condition and seed; "
+             f"PSNR/SSIM over "
+             f"{n_cond} conditions x {n_seed} seeds", head, "-" * len(head)]
     for name, s in result["sweep"].items():
         for p in s["points"]:
+            psnr = p.get("psnr_stats") or (None if p["psnr"] is None else spread([p["psnr"]]))
+            ssim = p.get("ssim_stats") or (None if p["ssim"] is None else spread([p["ssim"]]))
             lines.append(f"{name:<22} {s['setting'] + '=' + str(p['value']):<38} {_fmt(p['speedup'], '8.2f'):>8} "
-                         f"{_fmt(p['reuse_ratio'], '6.2f'):>6} {_fmt(p.get('block_flops_ratio'), '9.2f'):>9} "
-                         f"{_fmt(p['psnr'], '8.2f'):>8} {_fmt(p['ssim'], '6.3f'):>6}"
-                         f"  {p['status']}")
+                         f"{_range(p.get('speedup_range'), '.2f'):>11} {_fmt(p['reuse_ratio'], '6.2f'):>6} "
+                         f"{_fmt(p.get('block_flops_ratio'), '9.2f'):>9} {_stats_cells(psnr, 8, 2)} "
+                         f"{_stats_cells(ssim, 6, 3)}  {p['status']}")
     for name, reason in result["skipped"].items():
-        lines.append(f"{name:<22} {'-':<38} {'':>8} {'':>6} {'':>9} {'':>8} {'':>6}  {reason}")
+        lines.append(f"{name:<22} {'-':<38} {'':>8} {'':>11} {'':>6} {'':>9} {'':>8} {'':>13} {'':>5} {'':>6} "
+                     f"{'':>13} {'':>5}  {reason}")
+    if result.get("conditions"):
+        lines.append(f"conditions: {'; '.join(result['conditions'])}; seeds: {', '.join(map(str, result['seeds']))}")
     lines.append("")
-    lines.append("PSNR at matched speed-up, ours = Pareto envelope of all lightcache settings (linear between points):")
+    lo, hi = MATCH_WINDOW
+    lines.append(f"Margin ours - peer in dB at matched speed-up (mean PSNR; ours = Pareto envelope of all lightcache "
+                 f"settings; envelopes linear in speed-up, compared only where both reach, '.' where one does not); "
+                 f"axis wall: timed speed-up, FLOPs: 1 / block-FLOP fraction")
+    grid_head = " ".join(f"{g:>6.1f}x" for g in MARGIN_GRID)
+    window = f"{lo:g}-{hi:g}x"
+    mhead = f"{'peer':<22} {'axis':<5} {grid_head} {'both reach':>12} {'min in ' + window:>14}  verdict in {window}"
+    lines += [mhead, "-" * len(mhead)]
     for peer, c in result["comparison"].items():
-        m = c["matched"]
-        if not m:
-            lines.append(f"  vs {peer:<22} no matched speed-up ({c.get('note', '')})")
-            continue
-        verdict = "ours higher at every matched speed-up" if c["ours_better_at_all"] else "ours NOT higher everywhere"
-        lines.append(f"  vs {peer:<22} {len(m)} speed-ups in {m[0]['speedup']:.2f}-{m[-1]['speedup']:.2f}x: ours - peer "
-                     f"min {c['min_margin_db']:+.2f} dB, mean {c['mean_margin_db']:+.2f} dB -> {verdict}")
+        for axis, entry in (("wall", c), ("FLOPs", c.get("block_flops"))):
+            if entry is None:
+                continue
+            cells = " ".join(f"{_margin(m['margin_db']):>7}" for m in entry["at"])
+            covered = _range(entry["covered"], ".2f") + "x" if entry["covered"] else "none"
+            w = entry["window"]
+            if w is None:
+                wmin = "."
+                verdict = (f"no matched speed-up in the window: {entry['note']}" if entry["covered"] is None else
+                           f"no matched speed-up in the window (both reach {covered} only)")
+            else:
+                wmin = f"{w['min_margin_db']:+.2f}"
+                verdict = ("ours higher at every matched speed-up" if w["ours_better_at_all"]
+                           else "ours NOT higher everywhere") + f" ({w['range'][0]:.2f}-{w['range'][1]:.2f}x)"
+            lines.append(f"{peer if axis == 'wall' else '':<22} {axis:<5} {cells} {covered:>12} {wmin:>14}  {verdict}")
     t = result["target"]
     if t["best"] is None:
-        lines.append(f"target: no lightcache setting reached PSNR >= {t['psnr_floor_db']:.0f} dB")
+        lines.append(f"target: no lightcache setting reached mean PSNR >= {t['psnr_floor_db']:.0f} dB")
     else:
-        lines.append(f"target: best lightcache speed-up at PSNR >= {t['psnr_floor_db']:.0f} dB: {t['best']['speedup']:.2f}x "
-                     f"({t['best']['method']}, {t['best']['psnr']:.2f} dB) -> goal {t['speedup_goal']}x "
-                     f"{'met' if t['met'] else 'not met'}")
+        lines.append(f"target: best lightcache speed-up at mean PSNR >= {t['psnr_floor_db']:.0f} dB: "
+                     f"{t['best']['speedup']:.2f}x ({t['best']['method']}, {t['best']['psnr']:.2f} dB) -> goal "
+                     f"{t['speedup_goal']}x {'met' if t['met'] else 'not met'}")
+    if result.get("cost_s"):
+        la = result.get("load_average") or {}
+        lines.append(f"cost: {result['cost_s']['total']:.0f} s ({result['cost_s']['fidelity']:.0f} s fidelity, "
+                     f"{result['cost_s']['timing']:.0f} s timing); load average (1, 5, 15 min) at start "
+                     f"{la.get('start')}, at end {la.get('end')}")
     return "\n".join(lines)
 
 
 def _sweep_plot(result: dict, path: Path) -> None:
-    """sweep.png: every swept setting as a point, each family's Pareto envelope, the target lines."""
+    """sweep.png: every swept setting as a point (mean PSNR, bars: min-max over conditions x seeds and
+    over the timed rounds), each family's Pareto envelope, the target lines."""
     rows = [p for s in result["sweep"].values() for p in s["points"] if p["status"] == "ok"]
     fig = bench_plots.pareto_figure({**result, "rows": rows, "random_weights": False}, target=result["target"])
-    fig.axes[0].set_title(bench_plots.figure_title(result, "threshold sweeps (grey lines: the target)"), fontsize=9)
+    n_cond, n_seed = len(result.get("conditions", [None])), len(result.get("seeds", [0]))
+    fig.axes[0].set_title(bench_plots.figure_title(
+        result, f"threshold sweeps, PSNR: mean over {n_cond} conditions x {n_seed} seeds, bars min-max "
+                "(grey lines: the target)"),
+        fontsize=9)
     bench_plots.save(fig, path)
 
 
@@ -1364,6 +1616,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sweep-points", type=int, default=None, metavar="N",
                     help="with --sweep: N settings per method, spread over its grid (default: the whole grid; "
                     "2 with --quick)")
+    ap.add_argument("--conditions", type=int, default=1, metavar="N",
+                    help="with --sweep: score fidelity over N conditions of the proxy's vocabulary (the model's own "
+                    "first, then spread over shapes, colours and motions: sweep_condition); speed-ups are timed on the "
+                    "first only")
+    ap.add_argument("--seeds", type=int, default=1, metavar="K",
+                    help="with --sweep: score fidelity over K sampling seeds per condition (0, 2, 3, ...; 1 is "
+                    "MagCache's calibration seed)")
     ap.add_argument("--checkpoint", default=None, metavar="DIR_OR_HUB_ID",
                     help="a diffusers pipeline to benchmark instead of --model: a local folder (model_index.json) or a "
                     "hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers, taken from the local hub cache when it is there "
@@ -1425,6 +1684,14 @@ def main(argv=None):
         ap.error("--steps must be >= 1")
     if args.sweep_points is not None and (not args.sweep or args.sweep_points < 1):
         ap.error("--sweep-points needs --sweep and must be >= 1")
+    from lightcache.proxy.data import NUM_CONDITIONS
+
+    for flag, value, top in (("--conditions", args.conditions, NUM_CONDITIONS), ("--seeds", args.seeds, None)):
+        if value < 1 or (top is not None and value > top):
+            ap.error(f"{flag} must be >= 1{f' and <= {top} (the proxy vocabulary has {top})' if top else ''}, "
+                     f"got {value}")
+        if value != 1 and not args.sweep:
+            ap.error(f"{flag} applies to --sweep (the plain bench scores one condition and seed)")
     if args.steps is None:
         args.steps = 10 if args.quick else 20
     if args.sweep and args.quick and args.sweep_points is None:

@@ -96,6 +96,15 @@ def _xerr(r: dict):
     return [[max(0.0, r["speedup"] - lo)], [max(0.0, hi - r["speedup"])]]
 
 
+def _yerr(r: dict):
+    """Bars for a row's PSNR spread (``psnr_range``: min-max over a sweep's conditions x seeds);
+    None when it has none or a bound is not finite (drawn on the lossless row)."""
+    rng = r.get("psnr_range")
+    if not rng or not all(math.isfinite(v) for v in (*rng, r["psnr"])):
+        return None
+    return [[max(0.0, r["psnr"] - rng[0])], [max(0.0, rng[1] - r["psnr"])]]
+
+
 def pareto_figure(result: dict, ax=None, target: Optional[dict] = None):
     """Speed-up vs PSNR, one marker per method (legend), each family's Pareto envelope as a line.
     PSNR = inf is drawn on a "lossless" row above the finite points; the uncached reference is the
@@ -118,7 +127,7 @@ def pareto_figure(result: dict, ax=None, target: Optional[dict] = None):
         y = r["psnr"] if math.isfinite(r["psnr"]) else y_inf
         by_family.setdefault(fam, []).append((r["speedup"], y))
         ours = is_ours(r["method"])
-        ax.errorbar([r["speedup"]], [y], xerr=_xerr(r), fmt=MARKERS[series_keys.index(ser) % len(MARKERS)],
+        ax.errorbar([r["speedup"]], [y], xerr=_xerr(r), yerr=_yerr(r), fmt=MARKERS[series_keys.index(ser) % len(MARKERS)],
                     color=colour, markerfacecolor=colour if ours else "white", markersize=7, capsize=2,
                     elinewidth=0.9, ecolor=(*colour[:3], 0.45),  # light spread bars: markers stay readable
                     label=ser if ser not in labelled else "_nolegend_")
@@ -134,7 +143,8 @@ def pareto_figure(result: dict, ax=None, target: Optional[dict] = None):
     if target is not None:
         ax.axhline(target["psnr_floor_db"], color="grey", lw=0.8)
         ax.axvline(target["speedup_goal"], color="grey", lw=0.8)
-    finite = [r["psnr"] for r in rows if math.isfinite(r["psnr"])]
+    # the lowest bar end too, so that the spread bars stay inside the axes
+    finite = [v for r in rows for v in (r["psnr"], *(r.get("psnr_range") or ())) if math.isfinite(v)]
     low = min(finite + [y_inf - 3.0])
     ax.set_ylim(low - 0.06 * (y_inf - low) - 0.5, y_inf + 0.1 * (y_inf - low) + 0.5)
     # the lossless row gets its own tick label in place of the finite ticks too close to it

@@ -297,16 +297,103 @@ def test_matched_comparison_against_hand_computed_values():
     assert bench.pareto_front(ours) == [(1.0, 40.0), (2.0, 30.0), (3.0, 20.0)]
     front = bench.pareto_front(ours)
     assert bench.psnr_at(front, 1.5) == pytest.approx(35.0)
-    assert bench.psnr_at(front, 0.8) == 40.0  # reached faster
+    assert bench.psnr_at(front, 0.8) is None  # below the slowest point: not measured, no claim
     assert bench.psnr_at(front, 3.1) is None
     peer = [(1.2, 33.0), (2.5, 22.0), (1.1, math.inf)]  # identical output: left out
     c = bench.matched_comparison(ours, peer)
-    # speed-ups: ours' 1.0, 2.0 and the peer's 1.2, 2.5 (up to min(3.0, 2.5))
-    assert [m["speedup"] for m in c["matched"]] == [1.0, 1.2, 2.0, 2.5]
-    expected = [40 - 33, 38 - 33, 30 - (33 + (22 - 33) * 0.8 / 1.3), 25 - 22]
+    # both envelopes reach 1.2-2.5x: its ends and ours' 2.0 inside it (ours' 1.0 is outside)
+    assert c["covered"] == [1.2, 2.5] and [m["speedup"] for m in c["matched"]] == [1.2, 2.0, 2.5]
+    expected = [38 - 33, 30 - (33 + (22 - 33) * 0.8 / 1.3), 25 - 22]
     assert [m["margin_db"] for m in c["matched"]] == pytest.approx(expected)
     assert c["min_margin_db"] == pytest.approx(min(expected)) and c["ours_better_at_all"] is True
+    assert c["mean_margin_db"] == pytest.approx(sum(expected) / 3)
+    # the 1.5-3x window clipped to 1.5-2.5x: its ends and 2.0
+    at15 = 35 - (33 + (22 - 33) * 0.3 / 1.3)
+    assert c["window"]["range"] == [1.5, 2.5]
+    assert c["window"]["min_margin_db"] == pytest.approx(min(at15, expected[1], expected[2]))
+    # the grid 1.5/2/2.5/3x: 3.0 is beyond the peer's fastest point
+    assert [m["speedup"] for m in c["at"]] == [1.5, 2.0, 2.5, 3.0]
+    assert [m["margin_db"] for m in c["at"][:3]] == pytest.approx([at15, expected[1], expected[2]])
+    assert c["at"][3] == {"speedup": 3.0, "ours_psnr": 20.0, "peer_psnr": None, "margin_db": None}
     assert bench.matched_comparison(ours, [(1.0, math.inf)])["matched"] == []
+
+
+def test_a_peer_point_below_1x_is_not_matched_with_our_slowest_point():
+    """The old psnr_at credited ours with its slowest point's PSNR at any slower speed-up, so a
+    peer's 0.9x point was compared with it. Now margins only use speed-ups both envelopes reach."""
+    ours = [(1.2, 36.0), (2.0, 30.0)]
+    peer = [(0.9, 45.0), (1.6, 32.0), (2.4, 26.0)]
+    c = bench.matched_comparison(ours, peer)
+    assert c["covered"] == [1.2, 2.0] and [m["speedup"] for m in c["matched"]] == [1.2, 1.6, 2.0]
+    peer_12 = 45 + (32 - 45) * 0.3 / 0.7  # the peer's envelope between 0.9x and 1.6x
+    ours_16 = 36 + (30 - 36) * 0.4 / 0.8
+    expected = [36 - peer_12, ours_16 - 32, 30 - (32 + (26 - 32) * 0.4 / 0.8)]
+    assert [m["margin_db"] for m in c["matched"]] == pytest.approx(expected)
+    assert c["ours_better_at_all"] is False and c["min_margin_db"] == pytest.approx(36 - peer_12)
+    assert c["window"]["range"] == [1.5, 2.0]
+    # envelopes that share no speed-up: no margin at all
+    none = bench.matched_comparison([(1.2, 36.0), (1.4, 30.0)], [(1.5, 40.0), (2.0, 35.0)])
+    assert none["covered"] is None and none["matched"] == [] and none["window"] is None
+    assert none["note"] == "the envelopes share no speed-up (ours 1.20-1.40x, peer 1.50-2.00x)"
+
+
+def test_spread_is_mean_min_max_and_sample_std():
+    s = bench.spread([30.0, 32.0, 34.0, 36.0])
+    assert s == {"n": 4, "mean": 33.0, "min": 30.0, "max": 36.0, "std": pytest.approx(math.sqrt((9 + 1 + 1 + 9) / 3))}
+    assert bench.spread([31.5]) == {"n": 1, "mean": 31.5, "min": 31.5, "max": 31.5, "std": None}
+    assert bench.spread([30.0, math.inf]) == {"n": 2, "mean": math.inf, "min": 30.0, "max": math.inf, "std": None}
+    with pytest.raises(ValueError, match="no values"):
+        bench.spread([])
+
+
+def test_sweep_conditions_spread_over_the_vocabulary_and_seeds_skip_calibration():
+    from lightcache.proxy.data import ALL_CONDITIONS, COLOURS, MOTIONS, SHAPES, Condition, prompt_embeds
+
+    conds = [bench.sweep_condition(k) for k in range(48)]
+    assert set(conds) == set(ALL_CONDITIONS) and conds[0] == Condition("circle", "red", "left")
+    first4 = conds[:4]
+    for attr, values in (("shape", SHAPES), ("colour", COLOURS), ("motion", MOTIONS)):
+        assert {getattr(c, attr) for c in first4} == set(values)
+    assert [bench.sweep_seed(j) for j in range(4)] == [0, 2, 3, 4] and bench.CALIBRATION_SEED == 1
+    with pytest.raises(ValueError, match="0..47"):
+        bench.sweep_condition(48)
+    # a stand-in model driven by the vocabulary (width 16, 3 tokens), on its condition 5: that one first
+    base = bench.sweep_condition(5)
+    kw = {"prompt_embeds": prompt_embeds(base, 16, 3), "negative_prompt_embeds": torch.zeros(1, 3, 16), "height": 8}
+    model = bench.BenchModel(object(), kw, "dit", False, "stand-in")
+    assert bench.vocabulary_condition(model) == base
+    got = bench.condition_models(model, 3)
+    assert [label for label, _ in got] == [str(base), str(conds[0]), str(conds[1])]
+    for (label, m), cond in zip(got, (base, conds[0], conds[1])):
+        assert torch.equal(m.kwargs["prompt_embeds"], prompt_embeds(cond, 16, 3)) and m.pipe is model.pipe
+        assert m.kwargs["height"] == 8 and m.kwargs["negative_prompt_embeds"] is kw["negative_prompt_embeds"]
+    assert bench.condition_models(model, 1) == [(str(base), model)]
+    # a prompt outside the vocabulary: one condition only, and the flag named otherwise
+    other = bench.BenchModel(object(), {**kw, "prompt_embeds": torch.ones(1, 3, 16)}, "dit", False, "own prompt")
+    assert bench.condition_models(other, 1) == [("the model's own inputs", other)]
+    with pytest.raises(SystemExit, match="--conditions 2: own prompt is not driven by the proxy vocabulary"):
+        bench.condition_models(other, 2)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sweep", "--conditions", "0"], "--conditions must be >= 1 and <= 48 (the proxy vocabulary has 48), got 0"),
+    (["--sweep", "--conditions", "49"], "--conditions must be >= 1 and <= 48 (the proxy vocabulary has 48), got 49"),
+    (["--sweep", "--seeds", "0"], "--seeds must be >= 1, got 0"),
+    (["--conditions", "2"], "--conditions applies to --sweep"),
+    (["--seeds", "2"], "--seeds applies to --sweep"),
+    (["--sweep", "--seeds", "two"], "argument --seeds: invalid int value: 'two'"),
+])
+def test_conditions_and_seeds_flags_are_validated(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.main([*argv, "--model", "wan-tiny", "--out", str(tmp_path)])
+    assert message in capsys.readouterr().err
+
+
+def test_conditions_and_seeds_parse_with_defaults_of_one():
+    args = bench.build_parser().parse_args(["--sweep", "--conditions", "4", "--seeds", "2", "--steps", "50"])
+    assert (args.conditions, args.seeds, args.steps) == (4, 2, 50)
+    args = bench.build_parser().parse_args(["--sweep"])
+    assert (args.conditions, args.seeds) == (1, 1)
 
 
 def test_sweep_grid_picks_spread_settings():
@@ -341,8 +428,62 @@ def test_sweep_on_the_proxy_writes_matched_speedup_comparisons(tmp_path, capsys)
         peer_pts = [(p["speedup"], p["psnr"]) for p in data["sweep"][peer]["points"]]
         assert c["matched"] == bench.matched_comparison(ours_pts, peer_pts)["matched"]
     assert data["target"]["psnr_floor_db"] == 30.0 and data["target"]["speedup_goal"] == 2.5
-    assert "PSNR at matched speed-up" in out and (tmp_path / "sweep.png").stat().st_size > 0
+    assert "Margin ours - peer in dB at matched speed-up" in out and (tmp_path / "sweep.png").stat().st_size > 0
+    assert (tmp_path / "table.txt").read_text().rstrip("\n") in out
     assert result["comparison"] == data["comparison"]
+    for peer, c in data["comparison"].items():  # the compute-normalised view: the same against 1 / block FLOPs
+        pts = [(1 / p["block_flops_ratio"], p["psnr"]) for p in data["sweep"][peer]["points"]]
+        ours_pts = [(1 / p["block_flops_ratio"], p["psnr"]) for n in ("easycache", "precise-base")
+                    for p in data["sweep"][n]["points"]]
+        assert c["block_flops"]["matched"] == bench.matched_comparison(ours_pts, pts)["matched"]
+        assert c["block_flops"]["at"] == bench.matched_comparison(ours_pts, pts)["at"]
+        assert f"\n{peer:<22} wall " in out
+
+
+def test_sweep_fidelity_is_aggregated_over_conditions_and_seeds(wan_tiny, monkeypatch, tmp_path, capsys):
+    """2 conditions x 2 seeds: each point's PSNR is the mean of its four runs (each against the
+    uncached run of its own condition and seed), one of which is recomputed here by hand; the
+    speed-up is timed on the first condition and seed only. The stand-in: the tiny Wan driven by
+    the proxy vocabulary's embeddings (its width 32, 8 tokens), scored as if trained."""
+    from dataclasses import replace
+
+    from lightcache import metrics
+    from lightcache.proxy.data import prompt_embeds
+
+    tiny = wan_tiny[0]
+    model = replace(tiny, random_weights=False, calibration={},
+                    kwargs={**tiny.kwargs, "prompt_embeds": prompt_embeds(bench.sweep_condition(0), 32, 8)})
+    monkeypatch.setattr(bench, "_load_model", lambda args: model)
+    monkeypatch.setattr(bench, "_sweep_plot", lambda result, path: None)  # drawn in the test above
+    result = bench.main(["--sweep", "--model", "wan-tiny", "--sweep-points", "1", "--steps", "6", "--repeats", "1",
+                         "--conditions", "2", "--seeds", "2", "--methods", "easycache", "--out", str(tmp_path),
+                         "--no-progress"])
+    assert result["conditions"] == ["red circle moving left", "green square moving right"] and result["seeds"] == [0, 2]
+    (p,) = result["sweep"]["easycache"]["points"]
+    runs = p["runs"]
+    assert [(r["condition"], r["seed"]) for r in runs] == [(c, s) for c in result["conditions"] for s in (0, 2)]
+    psnrs = [r["psnr"] for r in runs]
+    assert len(set(psnrs)) == 4 and all(math.isfinite(v) for v in psnrs)  # four different lossy runs
+    mean = sum(psnrs) / 4
+    std = math.sqrt(sum((v - mean) ** 2 for v in psnrs) / 3)
+    assert p["psnr"] == pytest.approx(mean, rel=1e-12) and p["psnr_stats"]["std"] == pytest.approx(std, rel=1e-12)
+    assert p["psnr_range"] == [min(psnrs), max(psnrs)] == [p["psnr_stats"]["min"], p["psnr_stats"]["max"]]
+    assert p["ssim"] == pytest.approx(sum(r["ssim"] for r in runs) / 4, rel=1e-12)
+    assert len(p["times"]) == 1 and len(result["reference"]["times"]) == 1  # timed once, on the first only
+    # the (green square moving right, seed 2) runs by hand
+    hand = replace(model, kwargs={**model.kwargs, "prompt_embeds": prompt_embeds(bench.sweep_condition(1), 32, 8)})
+    ref = bench._run(hand, "cpu", seed=2)[1]
+    method = bench.make_method("easycache", p["value"])
+    method.enable(hand, 6)
+    try:
+        video = bench._run(hand, "cpu", seed=2)[1]
+    finally:
+        method.disable(hand)
+    assert runs[3]["psnr"] == metrics.psnr(video, ref) and runs[3]["ssim"] == metrics.ssim(video, ref)
+    out = capsys.readouterr().out
+    assert "PSNR/SSIM over 2 conditions x 2 seeds" in out
+    cells = out.split("\neasycache ")[1].split()
+    assert cells[5:8] == [f"{mean:.2f}", f"{min(psnrs):.2f}-{max(psnrs):.2f}", f"{std:.2f}"]
 
 
 def test_sweep_refuses_random_weights_and_unsweepable_methods(tmp_path):

@@ -50,7 +50,7 @@ def test_every_flag_has_help_and_shows_its_default(which):
 
 BENCH_DEFAULTS = dict(model=None, methods=None, list_methods=False, steps=None, repeats=3,
                       device="cuda" if torch.cuda.is_available() else "cpu", out="bench-out", quick=False, scale=None,
-                      sweep=False, sweep_points=None, checkpoint=None, dtype=None, offload="none", prompt=None,
+                      sweep=False, sweep_points=None, conditions=1, seeds=1, checkpoint=None, dtype=None, offload="none", prompt=None,
                       prompt_embeds=None, height=None, width=None, frames=None, no_progress=False, threads=1)
 
 
@@ -70,6 +70,8 @@ def test_bench_defaults():
     (["--scale", "tiny"], "scale", "tiny"),
     (["--sweep"], "sweep", True),
     (["--sweep-points", "3"], "sweep_points", 3),
+    (["--conditions", "4"], "conditions", 4),
+    (["--seeds", "2"], "seeds", 2),
     (["--checkpoint", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"], "checkpoint", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"),
     (["--dtype", "fp16"], "dtype", "fp16"),
     (["--offload", "group"], "offload", "group"),
