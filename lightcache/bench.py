@@ -24,8 +24,8 @@ fastest method), ``side_by_side.gif`` (reference and each method, labelled; its 
 drawn by :mod:`lightcache.bench_plots`. Status lines go to stderr from the start (model load
 included), through ``tqdm.write`` so that progress bars stay intact.
 
-Models: the trained proxies (``wan-proxy``, ``unet-proxy``), ``wan-tiny``, and realistic-size
-random-weight configurations (Wan2.1 1.3B/14B, HunyuanVideo, CogVideoX-5B, LTX-Video, SVD-XT,
+Models: the trained proxies (``wan-proxy``, ``unet-proxy``, ``cogvideox-proxy``), ``wan-tiny``, and
+realistic-size random-weight configurations (Wan2.1 1.3B/14B, HunyuanVideo, CogVideoX-5B, LTX-Video, SVD-XT,
 AnimateDiff; :mod:`lightcache.bench_models`) for speed and memory on a GPU; ``--scale tiny`` runs
 them shrunk on CPU. ``--checkpoint`` runs a real diffusers pipeline: a local folder, or a hub id
 from the local hub cache (no network) or else downloaded (:func:`resolve_checkpoint`), in
@@ -138,12 +138,12 @@ def _proxy(name):
         if not load.weights_available(name):
             raise SystemExit(
                 f"the trained proxy {name!r} is not in this installation (lightcache/proxy/weights/); "
-                "train it with benchmarks/proxy/train_all.py, or pick --model wan-tiny"
+                "train it with benchmarks/proxy/ (TRAINING.md), or pick --model wan-tiny"
             )
         pipe = load.load_proxy(name, device=device)
         kw = load.call_kwargs(pipe, [0], num_inference_steps=steps, output_type="pt")
         kw.pop("generator")
-        fam = "dit" if name == "wan_proxy" else "unet"
+        fam = "unet" if name == "unet_proxy" else "dit"
         return BenchModel(pipe, kw, fam, False, f"trained proxy {name} (lightcache/proxy)")
 
     return build
@@ -269,6 +269,7 @@ def load_checkpoint(path: str, device: str, steps: int, prompt: Optional[str], p
 MODELS: Dict[str, Callable] = {
     "wan-proxy": _proxy("wan_proxy"),
     "unet-proxy": _proxy("unet_proxy"),
+    "cogvideox-proxy": _proxy("cogvideox_proxy"),  # a second DiT family (CogVideoX 1.0 layout, v-prediction)
     "wan-tiny": _wan_tiny,
     **{name: _realistic(name) for name in bench_models.REALISTIC},
 }

@@ -212,3 +212,86 @@ def test_unet_proxy_loads_and_generates():
     colour = np.mean([dominant_colour(f) == c.colour for f, c in zip(frames, EVAL_CONDS[:4])])
     assert colour >= 0.5, f"colour accuracy {colour:.2f}"
     assert _folder_bytes("unet_proxy") <= MAX_PROXY_BYTES
+
+
+needs_cogvideox = pytest.mark.skipif(
+    not weights_available("cogvideox_proxy"),
+    reason=f"cogvideox_proxy weights absent in {WEIGHTS_DIR}: run `python benchmarks/proxy/train_cogvideox.py`",
+)
+
+
+@pytest.fixture(scope="module")
+def cogvideox_pipe():
+    """The CogVideoX proxy, loaded with every network connection refused (it must load offline)."""
+    pytest.importorskip("diffusers")
+    import socket
+
+    from lightcache.proxy.load import load_cogvideox_proxy
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access during load_cogvideox_proxy()")
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(socket.socket, "connect", refuse)
+    mp.setattr(socket, "create_connection", refuse)
+    try:
+        pipe = load_cogvideox_proxy()
+    finally:
+        mp.undo()
+    return pipe
+
+
+def _cogvideox_frames(pipe, conds, steps, seed):
+    from lightcache.proxy.load import call_kwargs
+
+    with torch.no_grad():
+        return pipe(**call_kwargs(pipe, conds, num_inference_steps=steps, guidance_scale=4.0, seed=seed)).frames
+
+
+@needs_cogvideox
+def test_cogvideox_proxy_loads_offline_as_stock_pipeline(cogvideox_pipe):
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXPipeline,
+        CogVideoXTransformer3DModel,
+    )
+
+    pipe = cogvideox_pipe
+    assert isinstance(pipe, CogVideoXPipeline) and pipe.text_encoder is None and pipe.tokenizer is None
+    assert isinstance(pipe.transformer, CogVideoXTransformer3DModel)
+    assert isinstance(pipe.vae, AutoencoderKLCogVideoX)
+    assert isinstance(pipe.scheduler, CogVideoXDDIMScheduler)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    cfg = pipe.transformer.config  # CogVideoX 1.0 layout: absolute sincos positions, no RoPE
+    assert not cfg.use_rotary_positional_embeddings and not cfg.use_learned_positional_embeddings
+    assert pipe.vae_scale_factor_spatial == 4 and pipe.vae_scale_factor_temporal == 4
+    assert cfg.in_channels == pipe.vae.config.latent_channels
+    assert _folder_bytes("cogvideox_proxy") <= 6 * 10**6
+
+
+@needs_cogvideox
+def test_cogvideox_proxy_generation_is_deterministic_per_seed(cogvideox_pipe):
+    a = _cogvideox_frames(cogvideox_pipe, EVAL_CONDS[:2], steps=4, seed=0)
+    b = _cogvideox_frames(cogvideox_pipe, EVAL_CONDS[:2], steps=4, seed=0)
+    c = _cogvideox_frames(cogvideox_pipe, EVAL_CONDS[:2], steps=4, seed=1)
+    assert a.shape == (2, NUM_FRAMES, SIZE, SIZE, 3) and np.isfinite(a).all()
+    assert np.array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-2  # the seed reaches the initial noise
+
+
+@needs_cogvideox
+def test_cogvideox_proxy_follows_colour_and_motion(cogvideox_pipe):
+    # Unlike the Wan proxy (RoPE only), this one learnt the motion direction too: 1.00 / 1.00 on all 48
+    # conditions (benchmarks/proxy/TRAINING.md). Chance is 0.25 for each.
+    frames = _cogvideox_frames(cogvideox_pipe, EVAL_CONDS, steps=10, seed=0)
+    colour = np.mean([dominant_colour(f) == c.colour for f, c in zip(frames, EVAL_CONDS)])
+    motion = np.mean([motion_direction(f) == c.motion for f, c in zip(frames, EVAL_CONDS)])
+    assert colour >= 0.75 and motion >= 0.75, f"colour {colour:.2f} motion {motion:.2f}"
+
+
+def test_shipped_proxy_weights_fit_the_package_budget():
+    from lightcache.proxy.load import PROXIES
+
+    total = sum(_folder_bytes(name) for name in PROXIES if (WEIGHTS_DIR / name).is_dir())
+    assert total <= MAX_PROXY_BYTES, f"{total} bytes of proxy weights"

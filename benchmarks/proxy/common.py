@@ -190,13 +190,19 @@ def fit_denoiser(make_model, z: torch.Tensor, conds: torch.Tensor, steps: int, b
 
 
 @torch.no_grad()
-def evaluate_pipeline(pipe, name: str, n_prompts: int, steps: int, guidance: float) -> dict:
-    """Generate through a saved proxy pipeline and measure colour / motion adherence."""
+def evaluate_pipeline(pipe, name: str, n_prompts: int, steps: int, guidance: float, conds=None, seed: int = 0,
+                      batch: int = 16) -> dict:
+    """Generate through a saved proxy pipeline and measure colour / motion adherence. ``conds`` (Conditions)
+    replaces the default spread of ``n_prompts`` conditions; prompts are generated ``batch`` at a time, each
+    batch from ``seed`` (the default, n_prompts <= 16, is one call, as the training evaluations ran)."""
     from lightcache.proxy.data import ALL_CONDITIONS, dominant_colour, motion_direction
     from lightcache.proxy.load import call_kwargs
 
-    conds = [ALL_CONDITIONS[(i * 7) % len(ALL_CONDITIONS)] for i in range(n_prompts)]
-    frames = pipe(**call_kwargs(pipe, conds, num_inference_steps=steps, guidance_scale=guidance, seed=0)).frames
+    if conds is None:
+        conds = [ALL_CONDITIONS[(i * 7) % len(ALL_CONDITIONS)] for i in range(n_prompts)]
+    n_prompts = len(conds)
+    frames = [f for i in range(0, n_prompts, batch) for f in pipe(**call_kwargs(
+        pipe, conds[i : i + batch], num_inference_steps=steps, guidance_scale=guidance, seed=seed)).frames]
     colour = sum(dominant_colour(f) == c.colour for f, c in zip(frames, conds)) / n_prompts
     motion = sum(motion_direction(f) == c.motion for f, c in zip(frames, conds)) / n_prompts
     log(f"{name} proxy eval ({n_prompts} prompts, {steps} steps, cfg {guidance}): "

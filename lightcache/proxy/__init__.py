@@ -23,6 +23,7 @@ from .load import (
     WEIGHTS_DIR,
     call_kwargs,
     embeds_for,
+    load_cogvideox_proxy,
     load_proxy,
     load_unet_proxy,
     load_wan_proxy,

@@ -1,11 +1,14 @@
 """Load the trained proxy pipelines shipped in ``lightcache/proxy/weights/``.
 
-Two proxies, trained by ``benchmarks/proxy/train_all.py`` on clips from :mod:`lightcache.proxy.data`:
+Three proxies, trained by ``benchmarks/proxy/train_all.py`` / ``train_cogvideox.py`` on clips from
+:mod:`lightcache.proxy.data`:
 
 - ``wan_proxy``: ``WanPipeline`` (``WanTransformer3DModel`` + tiny ``AutoencoderKLWan`` + flow-matching Euler).
 - ``unet_proxy``: ``AnimateDiffPipeline`` (``UNetMotionModel`` + tiny ``AutoencoderKL`` + DDIM), for DeepCache.
+- ``cogvideox_proxy``: ``CogVideoXPipeline`` (``CogVideoXTransformer3DModel`` with absolute sincos positions +
+  tiny ``AutoencoderKLCogVideoX`` + ``CogVideoXDDIMScheduler``, v-prediction): a second DiT family.
 
-Neither has a text encoder: drive them with ``prompt_embeds`` from :func:`embeds_for`. ``from_pretrained`` on
+None has a text encoder: drive them with ``prompt_embeds`` from :func:`embeds_for`. ``from_pretrained`` on
 the folders needs ``text_encoder=None, tokenizer=None`` passed explicitly (diffusers refuses to infer absent
 required components); the loaders here do that.
 diffusers is imported lazily so ``lightcache.proxy.data`` works without it.
@@ -20,9 +23,10 @@ import torch
 from .data import NUM_FRAMES, SIZE, null_embeds, prompt_embeds
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-PROXIES = ("wan_proxy", "unet_proxy")
+PROXIES = ("wan_proxy", "unet_proxy", "cogvideox_proxy")
 # The denoiser weights file of each proxy; its presence means the proxy was trained and saved.
-_DENOISER = {"wan_proxy": "transformer", "unet_proxy": "unet"}
+_DENOISER = {"wan_proxy": "transformer", "unet_proxy": "unet", "cogvideox_proxy": "transformer"}
+_TRAINER = {"wan_proxy": "train_all.py", "unet_proxy": "train_all.py", "cogvideox_proxy": "train_cogvideox.py"}
 
 
 def proxy_dir(name: str) -> Path:
@@ -45,7 +49,7 @@ def _check(name: str, path=None) -> Path:
     d = proxy_dir(name)
     if not weights_available(name):
         raise FileNotFoundError(
-            f"proxy weights not found in {d}; train them with `python benchmarks/proxy/train_all.py`"
+            f"proxy weights not found in {d}; train them with `python benchmarks/proxy/{_TRAINER[name]}`"
         )
     return d
 
@@ -72,14 +76,27 @@ def load_unet_proxy(device: str | torch.device = "cpu", dtype: torch.dtype = tor
     return pipe.to(device)
 
 
+def load_cogvideox_proxy(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, path=None):
+    """The second DiT proxy as a stock ``diffusers.CogVideoXPipeline`` (CogVideoX 1.0 layout; no text encoder)."""
+    from diffusers import CogVideoXPipeline
+
+    pipe = CogVideoXPipeline.from_pretrained(
+        _check("cogvideox_proxy", path), text_encoder=None, tokenizer=None, dtype=dtype
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
 def load_proxy(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    return {"wan_proxy": load_wan_proxy, "unet_proxy": load_unet_proxy}[name](device=device, dtype=dtype)
+    loaders = {"wan_proxy": load_wan_proxy, "unet_proxy": load_unet_proxy, "cogvideox_proxy": load_cogvideox_proxy}
+    return loaders[proxy_dir(name).name](device=device, dtype=dtype)
 
 
 def text_dim(pipe) -> int:
     """Width of the conditioning tokens the pipeline's denoiser expects."""
     if getattr(pipe, "transformer", None) is not None:
-        return int(pipe.transformer.config.text_dim)
+        cfg = pipe.transformer.config  # Wan names it text_dim, CogVideoX text_embed_dim
+        return int(cfg.text_dim if "text_dim" in cfg else cfg.text_embed_dim)
     return int(pipe.unet.config.cross_attention_dim)
 
 
