@@ -14,7 +14,8 @@ every memory-plan option, on the tiny random-weight pipelines:
   decisions and video (≤ 1e-5), compressed storage stays within a stated tolerance;
 * after every call no state survives (no open ring, no tracker, no cached tensor, no per-call
   state), and ``disable()`` restores every module, the scheduler, the VAE and the pipeline exactly;
-* CFG off, batch 2 and a second call with another frame count are correct.
+* CFG off, batch 2 and a second call with another frame count are correct (every policy without a
+  plan, the family's most involved policy with every plan option at once).
 
 A variant pipeline (image-to-video) of a family whose main pipeline runs all of this declares
 ``cells="reduced"`` (MatrixInfo) and runs the subset :func:`reduced_cells` names.
@@ -381,8 +382,13 @@ def test_reusing_setting_skips_work_under_every_plan(family, policy_name, plan_n
 
 # -- CFG off, batch 2, and a second call with another frame count --------------------------------
 
+# the variants run every policy without a plan and the family's most involved policy (block-level
+# reuse where it has one) under every plan option at once: each (policy, variant) and (plan,
+# variant) pair is covered, and the reusing cells cover every (policy, plan) pair
+VARIANT_POLICY_ALL = {"dit": "precisecache-flash", "unet": "deepcache"}
 VARIANT_CELLS = [(f, p, m, v) for f in FAMILIES for p in policies_for(f) for m in ("none", "all")
                  for v in ("no-cfg", "batch2", "frames")
+                 if m == "none" or p == VARIANT_POLICY_ALL[matrix_info(f)["kind"]]
                  if not (v == "batch2" and not matrix_info(f)["batch2"]) and not (v == "frames" and matrix_info(f)["frames"] is None)
                  and not (v == "no-cfg" and matrix_info(f)["no_cfg"] is None)  # no call argument turns CFG off
                  and in_cells(f, "variant", p, m)]

@@ -98,11 +98,15 @@ def test_simulation_equals_cpu_tracker_realistic_configs(name):
     """The realistic configurations' builders (the ones the real-size simulation runs) at tiny scale."""
     dit, slices = REALISTIC[name]
     problems = []
+    # one build per device, reused by every plan (lightcache.disable restores it; each run starts
+    # its own count): building dominated this test's time
+    builds = {device: sp.build(name, scale="tiny", dtype="fp32", device=device) for device in ("cpu", "meta")}
+    memo = {}  # the simulator's op memo, shared by the meta runs (exact: see DeviceBytes)
     for policy, memory in _plans(dit, slices):
         figs = {}
-        for device in ("cpu", "meta"):
-            b = sp.build(name, scale="tiny", dtype="fp32", device=device)
-            figs[device] = sp.run(b.pipe, b.kwargs, policy=policy, memory=memory, attention="cpu", device_type=device)
+        for device, b in builds.items():
+            figs[device] = sp.run(b.pipe, b.kwargs, policy=policy, memory=memory, attention="cpu", device_type=device,
+                                  memo=memo)
         problems += [f"{policy!r} {memory!r}: {p}" for p in _compare(figs["cpu"], figs["meta"])]
         assert figs["meta"].denoiser_calls == figs["cpu"].denoiser_calls
     assert not problems, "\n".join(problems)

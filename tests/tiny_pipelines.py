@@ -742,7 +742,7 @@ class MatrixInfo(dict):
 
 
 _MATRIX_INFO: dict[str, MatrixInfo] = {
-    "wan": MatrixInfo(cfg_calls=2), "wan_i2v": MatrixInfo(cfg_calls=2), "ltx": MatrixInfo(), "easyanimate": MatrixInfo(),
+    "wan": MatrixInfo(cfg_calls=2), "wan_i2v": MatrixInfo(cfg_calls=2), "ltx": MatrixInfo(chunk=8), "easyanimate": MatrixInfo(),
     "hunyuan_video": MatrixInfo(inexact_decode=True, no_cfg={"true_cfg_scale": 1.0}, cfg_calls=2),
     "cogvideox": MatrixInfo(decode_slices=2),
     "svd": MatrixInfo(kind="unet", inexact_decode=True, chunk=128,
