@@ -642,7 +642,7 @@ def make_method(name: str, knob=None) -> Method:
     :data:`SWEEPS` varies; DeepCache: the interval)."""
     from lightcache import DeepCache, EasyCache, ForecastCache, PreciseCache
 
-    if knob is not None and name in ("diffusers-fastercache", "deepcache-pkg"):
+    if knob is not None and name == "diffusers-fastercache":
         raise ValueError(f"method {name!r} has no swept setting; got knob={knob!r}")
 
     def ours(fams, pair, settings):
@@ -690,7 +690,8 @@ def make_method(name: str, knob=None) -> Method:
         return peer(("dit",), _cache_dit(knob, taylorseer=name.endswith("taylorseer")),
                     unavailable=_not_installed("cache_dit", "cache-dit"), applies=_cache_dit_applies)
     if name == "deepcache-pkg":
-        return peer(("unet",), _deepcache_pkg(), unavailable=_not_installed("DeepCache", "DeepCache"))
+        return peer(("unet",), _deepcache_pkg(3 if knob is None else knob),
+                    unavailable=_not_installed("DeepCache", "DeepCache"))
     raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
 
 
@@ -717,6 +718,10 @@ SWEEPS: Dict[str, tuple] = {
     # DBCache tables (F1B0 at 0.08/0.12/0.15/0.20), up to the 0.5 of its FoCa/DMD comparison figures
     "cache-dit": ("residual_diff_threshold", (0.08, 0.12, 0.16, 0.24, 0.5)),
     "cache-dit-taylorseer": ("residual_diff_threshold", (0.08, 0.12, 0.16, 0.24, 0.5)),
+    # DeepCache's interval (ours: skip branch 0 = down block 0 whole; the package's default
+    # cache_branch_id 0 = its first layer only, a shallower skip: DeepCache.from_package maps them)
+    "deepcache": ("interval", (2, 3, 4, 5)),
+    "deepcache-pkg": ("cache_interval", (2, 3, 4, 5)),
 }
 
 # ---------------------------------------------------------------------------------------------

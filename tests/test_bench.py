@@ -259,6 +259,15 @@ def test_cache_dit_depth_rule_and_sweep_grid():
     assert bench.make_method("cache-dit").settings["calibrator"] is None
 
 
+def test_deepcache_and_the_package_sweep_their_interval():
+    for name, field in (("deepcache", "interval"), ("deepcache-pkg", "cache_interval")):
+        assert bench.SWEEPS[name] == (field, (2, 3, 4, 5))
+        assert bench.make_method(name, 4).settings[field] == 4
+        assert bench.make_method(name).settings[field] == 3
+    with pytest.raises(ValueError, match="diffusers-fastercache.*no swept setting"):
+        bench.make_method("diffusers-fastercache", 2)
+
+
 @pytest.mark.parametrize("name", ["cache-dit", "cache-dit-taylorseer"])
 def test_cache_dit_runs_skips_blocks_and_restores_exactly(name, wan_tiny, capsys):
     if importlib.util.find_spec("cache_dit") is None:
