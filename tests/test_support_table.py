@@ -28,7 +28,7 @@ def test_one_row_per_registered_family_from_its_entry():
         if entry.adapter.unet:
             assert row.policies == ("DeepCache",) and row.chunk_spec == "UNet"
         else:
-            assert row.policies == ("EasyCache", "PreciseCache")
+            assert row.policies == ("EasyCache", "ForecastCache", "PreciseCache")
             assert row.chunk_spec == ("yes" if entry.chunking else "no")
     by_name = {r.family: r for r in rows}
     # facts of diffusers 0.42 (a _cp_plan on Wan and LTX-Video, not CogVideoX) and of the slicers
