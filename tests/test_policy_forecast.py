@@ -25,21 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_pipelines import build, denoiser, output_of  # noqa: E402
 
 
-def trajectory(n=20, shape=(1, 4, 2, 8, 8), seed=0):
-    """A recorded (x_t, v_t) trajectory with large early and small late changes, like a real one."""
-    g = torch.Generator().manual_seed(seed)
-    x = [torch.randn(shape, generator=g)]
-    v = []
-    base = torch.randn(shape, generator=g)
-    for t in range(n):
-        scale = math.exp(-t / 4.0)
-        v.append(base + scale * torch.randn(shape, generator=g))
-        x.append(x[-1] - 0.1 * (0.2 + scale) * v[-1] + 0.05 * scale * torch.randn(shape, generator=g))
-    return x[:n], v
-
-
-def mean_abs(t):
-    return t.abs().double().mean().item()
+# the recorded trajectory and the mean|t| of EasyCache's decision tests (the same schedule)
+from test_policy_decisions import mean_abs, trajectory  # noqa: E402
 
 
 def forecast_reference(xs, vs, tau, warmup_ratio, order=1):
