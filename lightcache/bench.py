@@ -670,7 +670,11 @@ def make_method(name: str, knob=None) -> Method:
     if name in ("deepcache", "deepcache+mem"):
         interval = 3 if knob is None else knob
         mem = _mem_plan if name.endswith("+mem") else None
-        return ours(("unet",), _ours(lambda n: DeepCache(interval=interval), mem), {"interval": interval})
+        # the DeepCache package's default branch (cache_branch_id 0: down block 0's first layer),
+        # bit-identical to the package's output (tests/test_bench.py); DeepCache()'s own default
+        # (branch 0 whole) skips less
+        return ours(("unet",), _ours(lambda n: DeepCache.from_package(interval, 0), mem),
+                    {"interval": interval, "branch": 0, "layer": 0})
     if name == "diffusers-fbc":
         return peer(("dit",), _fbc(knob))
     if name == "diffusers-taylorseer":
@@ -718,8 +722,8 @@ SWEEPS: Dict[str, tuple] = {
     # DBCache tables (F1B0 at 0.08/0.12/0.15/0.20), up to the 0.5 of its FoCa/DMD comparison figures
     "cache-dit": ("residual_diff_threshold", (0.08, 0.12, 0.16, 0.24, 0.5)),
     "cache-dit-taylorseer": ("residual_diff_threshold", (0.08, 0.12, 0.16, 0.24, 0.5)),
-    # DeepCache's interval (ours: skip branch 0 = down block 0 whole; the package's default
-    # cache_branch_id 0 = its first layer only, a shallower skip: DeepCache.from_package maps them)
+    # DeepCache's interval, both at the package's default branch (cache_branch_id 0 = down block
+    # 0's first layer; ours through DeepCache.from_package)
     "deepcache": ("interval", (2, 3, 4, 5)),
     "deepcache-pkg": ("cache_interval", (2, 3, 4, 5)),
 }
@@ -1555,7 +1559,8 @@ METHOD_INFO: Dict[str, str] = {
     "forecast+mem": "forecast with the memory plan (cache swapped to pinned host memory, feature chunking)",
     "easycache+mem": "easycache with the memory plan (cache swapped to pinned host memory, feature chunking)",
     "precise-flash+mem": "precise-flash with the memory plan (cache swapped to pinned host memory, feature chunking)",
-    "deepcache": "lightcache DeepCache: reuses the deep UNet blocks' features between full steps (interval 3)",
+    "deepcache": "lightcache DeepCache: reuses the deep UNet blocks' features between full steps (interval 3, "
+                 "the DeepCache package's default branch: DeepCache.from_package(3, 0))",
     "deepcache+mem": "deepcache with the memory plan (cache swapped to pinned host memory, feature chunking)",
     "diffusers-fbc": "diffusers FirstBlockCache: skips the remaining blocks when the first block's residual barely "
                      "changes; threshold 0.2, the value of diffusers' documented example (apply_first_block_cache; "

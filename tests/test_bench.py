@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import lightcache
 from lightcache import bench, bench_models
 
 
@@ -266,6 +267,34 @@ def test_deepcache_and_the_package_sweep_their_interval():
         assert bench.make_method(name).settings[field] == 3
     with pytest.raises(ValueError, match="diffusers-fastercache.*no swept setting"):
         bench.make_method("diffusers-fastercache", 2)
+
+
+def test_bench_deepcache_is_the_packages_default_branch():
+    """The bench's "deepcache" runs DeepCache.from_package(interval, 0), the package's default
+    branch (down block 0's first layer); where the package is installed, its output is
+    bit-identical to the package's on the same pipeline (fewer block FLOPs: the package also runs
+    work whose output it discards)."""
+    model = bench._realistic("animatediff")("cpu", 4, scale="tiny")
+    model.device = "cpu"
+    model.pipe.set_progress_bar_config(disable=True)
+    method = bench.make_method("deepcache", 2)
+    assert method.settings == {"interval": 2, "branch": 0, "layer": 0}
+    method.enable(model, 4)
+    try:
+        assert bench._denoiser(model.pipe)._lightcache_session.policy == lightcache.DeepCache.from_package(2, 0)
+        ours, ours_flops = bench._counted_run(model, "cpu")
+    finally:
+        method.disable(model)
+    if importlib.util.find_spec("DeepCache") is None:
+        pytest.skip("the DeepCache package is not installed (pip install DeepCache): no output to compare with")
+    pkg = bench.make_method("deepcache-pkg", 2)
+    pkg.enable(model, 4)
+    try:
+        theirs, theirs_flops = bench._counted_run(model, "cpu")
+    finally:
+        pkg.disable(model)
+    assert torch.equal(ours, theirs)
+    assert ours_flops < theirs_flops
 
 
 @pytest.mark.parametrize("name", ["cache-dit", "cache-dit-taylorseer"])
