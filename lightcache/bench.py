@@ -38,7 +38,7 @@ MagCache needs per-model ``mag_ratios``: the bench first runs diffusers' own cal
 (``MagCacheConfig(calibrate=True)``, one uncached run on another seed) and says so.
 
 ``--sweep`` runs each threshold-like knob (EasyCache τ, ForecastCache τ, PreciseCache α, FirstBlockCache
-threshold, TaylorSeer cache interval, PAB skip range, MagCache threshold, cache-dit's residual threshold with
+threshold, TaylorSeer cache interval, PAB and FasterCache spatial skip ranges, MagCache threshold, cache-dit's residual threshold with
 and without its TaylorSeer calibrator) over its settings (:data:`SWEEPS`); it needs a trained model.
 Fidelity (PSNR/SSIM against the uncached run of the same condition and seed) is scored over
 ``--conditions N`` conditions (:func:`sweep_condition`) x ``--seeds K`` seeds (:func:`sweep_seed`),
@@ -612,6 +612,8 @@ def _fastercache_applies(model: BenchModel) -> Optional[str]:
     if layout is None:
         return (f"not applicable: FasterCache needs the denoiser's frame layout; {type(den).__name__} is not one of "
                 f"{', '.join(_framed_denoisers())}")
+    if not model.denoiser_batches:  # no reference run recorded them yet (the sweep asks first)
+        _record_denoiser_batches(model)
     batches = sorted(set(model.denoiser_batches))
     # the bench's inputs hold one prompt, so a batch of 2 is the uncond + cond pair
     if batches != [2]:
@@ -621,29 +623,41 @@ def _fastercache_applies(model: BenchModel) -> Optional[str]:
     return None
 
 
-def _fastercache():
+def _record_denoiser_batches(model: BenchModel) -> None:
+    """One uncached run that records the denoiser's input batch per call into ``model.denoiser_batches``."""
+    batches = []
+    probe = _denoiser(model.pipe).register_forward_pre_hook(
+        lambda mod, args, kwargs: batches.append(_latent_batch(args, kwargs)), with_kwargs=True)
+    try:
+        _run(model, model.device)
+    finally:
+        probe.remove()
+    model.denoiser_batches = batches
+
+
+def _fastercache(skip_range=None):
     from diffusers import FasterCacheConfig
+
+    # the values of diffusers' FasterCache documentation example (CogVideoX); the sweep varies the
+    # spatial attention skip range as it does PAB's (2-4)
+    skip_range = 2 if skip_range is None else skip_range
 
     def make(model, steps):
         pipe = model.pipe
-        # the values of diffusers' FasterCache documentation example (CogVideoX)
         return FasterCacheConfig(
-            spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 681),
+            spatial_attention_block_skip_range=skip_range, spatial_attention_timestep_skip_range=(-1, 681),
             current_timestep_callback=lambda: pipe.current_timestep, attention_weight_callback=lambda _: 0.3,
             unconditional_batch_skip_range=5, unconditional_batch_timestep_skip_range=(-1, 781),
             tensor_format=_frame_layout(pipe.transformer))
 
-    return _diffusers_peer(make), {"spatial_attention_block_skip_range": 2, "unconditional_batch_skip_range": 5,
-                                   "attention_weight": 0.3}
+    return _diffusers_peer(make), {"spatial_attention_block_skip_range": skip_range,
+                                   "unconditional_batch_skip_range": 5, "attention_weight": 0.3}
 
 
 def make_method(name: str, knob=None) -> Method:
     """The method ``name``; ``knob`` replaces the value of its threshold-like setting (the one
     :data:`SWEEPS` varies; DeepCache: the interval)."""
     from lightcache import DeepCache, EasyCache, ForecastCache, PreciseCache
-
-    if knob is not None and name == "diffusers-fastercache":
-        raise ValueError(f"method {name!r} has no swept setting; got knob={knob!r}")
 
     def ours(fams, pair, settings):
         return Method(name, fams, pair[0], pair[1], True, settings=settings)
@@ -684,7 +698,7 @@ def make_method(name: str, knob=None) -> Method:
     if name == "diffusers-magcache":
         return peer(("dit",), _magcache(knob))
     if name == "diffusers-fastercache":
-        return peer(("dit",), _fastercache(), applies=_fastercache_applies)
+        return peer(("dit",), _fastercache(knob), applies=_fastercache_applies)
     if name in ("cache-dit", "cache-dit-taylorseer"):
         # DiTs only: cache-dit has no adapter for a UNet pipeline (AnimateDiffPipeline: "not officially
         # supported ... set BlockAdapter"); a BlockAdapter on the UNet's down_blocks fails its forward-pattern
@@ -718,6 +732,7 @@ SWEEPS: Dict[str, tuple] = {
     "diffusers-taylorseer": ("cache_interval", (2, 3, 4, 6)),
     "diffusers-pab": ("spatial_attention_block_skip_range", (2, 3, 4)),
     "diffusers-magcache": ("threshold", (0.02, 0.06, 0.12, 0.24)),
+    "diffusers-fastercache": ("spatial_attention_block_skip_range", (2, 3, 4)),
     # cache-dit's documented thresholds: its default 0.08 and the 0.12-0.20 of its examples and
     # DBCache tables (F1B0 at 0.08/0.12/0.15/0.20), up to the 0.5 of its FoCa/DMD comparison figures
     "cache-dit": ("residual_diff_threshold", (0.08, 0.12, 0.16, 0.24, 0.5)),

@@ -265,8 +265,9 @@ def test_deepcache_and_the_package_sweep_their_interval():
         assert bench.SWEEPS[name] == (field, (2, 3, 4, 5))
         assert bench.make_method(name, 4).settings[field] == 4
         assert bench.make_method(name).settings[field] == 3
-    with pytest.raises(ValueError, match="diffusers-fastercache.*no swept setting"):
-        bench.make_method("diffusers-fastercache", 2)
+    assert bench.SWEEPS["diffusers-fastercache"] == ("spatial_attention_block_skip_range", (2, 3, 4))
+    assert bench.make_method("diffusers-fastercache", 3).settings["spatial_attention_block_skip_range"] == 3
+    assert bench.make_method("diffusers-fastercache").settings["spatial_attention_block_skip_range"] == 2
 
 
 def test_bench_deepcache_is_the_packages_default_branch():
