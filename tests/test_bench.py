@@ -270,6 +270,16 @@ def test_deepcache_and_the_package_sweep_their_interval():
     assert bench.make_method("diffusers-fastercache").settings["spatial_attention_block_skip_range"] == 2
 
 
+def test_fastercache_applicability_records_the_batches_itself(wan_tiny):
+    """The sweep asks whether FasterCache applies before any reference run: the check runs one
+    uncached call itself to see how the pipeline batches its guidance branches."""
+    model = wan_tiny[0]
+    model.device, model.denoiser_batches = "cpu", []
+    reason = bench._fastercache_applies(model)
+    assert model.denoiser_batches == [1] * 12  # 6 steps x 2 guidance calls of batch 1
+    assert reason.startswith("not applicable: WanPipeline called the denoiser 12 times with batch 1")
+
+
 def test_bench_deepcache_is_the_packages_default_branch():
     """The bench's "deepcache" runs DeepCache.from_package(interval, 0), the package's default
     branch (down block 0's first layer); where the package is installed, its output is
