@@ -17,11 +17,12 @@ index arithmetic reads values) and each denoiser call's CPU tensors (the timeste
 meta device before the call, outside both trackers (a CPU run passes a view of the timesteps: no
 allocation either); attention through :class:`lightcache.simulate.attention.AttentionEmulation`,
 and the feature chunk splits an attention call only where that backend would run it on math
-(torch picks math for every meta call). Value-dependent code: a mask's ``nonzero`` (Mochi's valid
-prompt tokens) is assumed all valid, the longest prompt, which bounds every shorter one; an
-autocast on the meta device to another dtype than fp16/bf16 is off, as CUDA's is; a pipeline whose
-code reads a value (``if tensor:``, a slice by a tensor's item: HunyuanVideo 1.5, FramePack) is
-refused with a NotImplementedError naming the line.
+(torch picks math for every meta call). Value-dependent code (``if tensor:``, a slice by a
+tensor's item, ``x[mask]``, ``nonzero``) is answered by :class:`lightcache.simulate.values.ValueHints`:
+values the call makes known (``torch.zeros``, ...), the call's prompt masks assumed all valid (the
+longest prompt), a table of per-family value points (HunyuanVideo 1.5's ``is_t2v``); each assumption
+used is in ``Figures.assumptions`` and warned; any other read is refused with a NotImplementedError
+naming the line. An autocast on the meta device to another dtype than fp16/bf16 is off, as CUDA's is.
 The same :func:`run` measures a CPU pipeline for real (``device_type="cpu"``), with torch's own
 attention and the real memory plan, for the comparison.
 """
@@ -41,6 +42,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from lightcache.simulate.tracker import PHASES, DeviceBytes, host_allocation
+from lightcache.simulate.values import ValueHints, ValueRead
 from lightcache.simulate.worst import steps_for, worst_case
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
@@ -274,6 +276,7 @@ class Figures:
     live_at_start: Dict[str, int] = field(default_factory=dict)  # device bytes alive when each phase began
     decode_plans: list = field(default_factory=list)  # the sliced decode's choices (frames_per_slice, tile, bytes)
     warnings: list = field(default_factory=list)  # lightcache's warnings of the call (inexact decode, tiles)
+    assumptions: list = field(default_factory=list)  # the values a simulation assumed (lightcache.simulate.values)
 
     @property
     def peak(self) -> Dict[str, int]:
@@ -350,14 +353,6 @@ def _meta_run(pipe, attention: str = "auto"):
 
     torch.amp.autocast_mode.autocast.__init__ = autocast
     undo.append(lambda: setattr(torch.amp.autocast_mode.autocast, "__init__", autocast_init))
-    from torch.fx.experimental import _config as fx_config
-
-    # a mask's nonzero (Mochi's valid prompt tokens) has a value-dependent length: assumed all valid,
-    # the longest prompt, so the simulation bounds every shorter one
-    assume = fx_config.meta_nonzero_assume_all_nonzero
-    fx_config.meta_nonzero_assume_all_nonzero = True
-    undo.append(lambda: setattr(fx_config, "meta_nonzero_assume_all_nonzero", assume))
-
     def pre_hook(module, args, kwargs):
         with _disable_current_modes():
             return tree_map(_to_meta, args), tree_map(_to_meta, kwargs)
@@ -439,7 +434,9 @@ def run(pipe, kwargs: dict, *, policy=None, memory=None, attention: str = "auto"
     def cache_bytes():
         return sum(s.store.device_bytes for s in sessions if s.store is not None)
 
-    counter = DeviceBytes(device_type, phase=phase, cache_bytes=cache_bytes, memo=memo if meta else False)
+    hints = ValueHints(call) if meta else None
+    counter = DeviceBytes(device_type, phase=phase, cache_bytes=cache_bytes, memo=memo if meta else False,
+                          values=hints)
     if "max_guidance_scale" in call:
         pipe._sim_max_guidance = call["max_guidance_scale"]
     with _meta_run(pipe, attention) if meta else contextlib.nullcontext(), warnings.catch_warnings(record=True) as caught:
@@ -452,11 +449,15 @@ def run(pipe, kwargs: dict, *, policy=None, memory=None, attention: str = "auto"
             with emulation if emulation is not None else contextlib.nullcontext(), counter:
                 try:
                     pipe(**call, generator=torch.Generator().manual_seed(seed))
+                except ValueRead as e:
+                    raise NotImplementedError(_reads_values(pipe, e.where)) from e
                 except RuntimeError as e:
                     if meta and "cannot be called on meta tensors" in str(e):
-                        raise NotImplementedError(_reads_values(pipe, e)) from e
+                        raise NotImplementedError(_reads_values(pipe, _where(e))) from e
                     raise
             seconds = time.perf_counter() - t0
+            for assumption, where in (hints.used.items() if hints is not None else ()):
+                warnings.warn(f"the simulation assumes {assumption} (read at {where})", stacklevel=1)
             rep = lightcache.report(pipe)
         finally:
             lightcache.disable(pipe)
@@ -479,20 +480,27 @@ def run(pipe, kwargs: dict, *, policy=None, memory=None, attention: str = "auto"
         live_at_start=dict(counter.live_at),
         warnings=sorted({f"{w.category.__name__}: {w.message}" for w in caught
                          if str(getattr(w, "filename", "")).find("lightcache") >= 0 or "lightcache" in str(w.message)}),
+        assumptions=sorted(hints.used) if hints is not None else [],
         decode_plans=[dict(frames_per_slice=p.frames_per_slice, tile=p.tile, estimated_bytes=p.estimated_bytes)
                       for p in (decoder.plans.values() if decoder is not None else ())],
     )
 
 
-def _reads_values(pipe, error) -> str:
-    """The message for a pipeline whose code branches on (or sizes a tensor by) a tensor's value."""
+def _where(error) -> str:
+    """file:line: code of the innermost diffusers frame of ``error``'s traceback."""
     import traceback
 
     frames = [f for f in traceback.extract_tb(error.__traceback__)
               if "diffusers" in f.filename and os.sep + "hooks" + os.sep not in f.filename]
-    where = f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno}: {frames[-1].line})" if frames else ""
+    return f"{os.path.basename(frames[-1].filename)}:{frames[-1].lineno}: {frames[-1].line}" if frames else ""
+
+
+def _reads_values(pipe, where: str) -> str:
+    """The message for a pipeline whose code branches on (or sizes a tensor by) a value no hint knows."""
+    where = f" ({where})" if where else ""
     return (f"{type(pipe).__name__} reads a tensor's value during the call{where}; a meta-device simulation "
-            "has shapes only, so lightcache plan cannot simulate this pipeline")
+            "has shapes only and no value hint answers this read (lightcache.simulate.values), so lightcache "
+            "plan cannot simulate this pipeline")
 
 
 def _input_bytes(call: dict, device_type: str) -> int:

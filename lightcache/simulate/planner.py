@@ -500,6 +500,10 @@ def plan(model, *, height=None, width=None, frames=None, steps: int = 50, dtype=
                      "block's input + last block's residual; TaylorSeer: 2 factors of every attention/FFN output), held "
                      "through denoise and decode; FasterCache not computed")
     used = scenarios[0].figures.attention
+    assumed = scenarios[0].figures.assumptions
+    if assumed:
+        notes.append("values the simulation assumed where the pipeline reads them (lightcache.simulate.values): "
+                     + "; ".join(assumed))
     notes.append("attention calls per backend (uncached run): " + ", ".join(f"{k} {v}" for k, v in sorted(used.items())))
     notes.append("peaks: resident weights + the call's inputs + device bytes alive at the phase's peak (the CPU "
                  "tracker's counting on meta tensors; kernels' workspaces and the allocator's rounding not included)")

@@ -34,6 +34,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 
+from lightcache.simulate.values import READS
+
 PHASES = ("encode", "denoise", "decode")
 
 _host = threading.local()
@@ -55,8 +57,11 @@ class DeviceBytes(TorchDispatchMode):
     ``phase()`` (a callable) names the current phase; ``cache_bytes()`` the device bytes the
     caching store holds now (sampled at each new phase peak)."""
 
-    def __init__(self, device_type: str, phase=lambda: "encode", cache_bytes=lambda: 0, memo=False):
+    def __init__(self, device_type: str, phase=lambda: "encode", cache_bytes=lambda: 0, memo=False, values=None):
         super().__init__()
+        # a simulation's known values (lightcache.simulate.values.ValueHints): asked before each value
+        # read and told each op's output, here rather than in a mode of its own (a mode costs each op)
+        self.values = values
         # memo: True (a fresh one), or a dict shared by several counters (the remembered metadata is
         # a function of the op and its arguments' metadata only, so runs may share it)
         self.memo = memo if isinstance(memo, dict) else ({} if memo else None)
@@ -101,8 +106,12 @@ class DeviceBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        values = self.values
+        answer = values.read(func, args) if values is not None and func in READS else None
+        if answer is not None and answer[0] == "args":
+            args, answer = answer[1], None
         try:
-            out = self._call(func, args, kwargs)
+            out = answer[1] if answer is not None else self._call(func, args, kwargs)
         except RuntimeError as e:
             if self.device_type != "meta" or "is not on the expected device" not in str(e):
                 raise
@@ -112,6 +121,8 @@ class DeviceBytes(TorchDispatchMode):
             # pre-hook
             args, kwargs = tree_map(_host_to_meta, (args, kwargs))
             out = self._call(func, args, kwargs)
+        if values is not None:
+            values.after(func, args, kwargs, out)
         info = _schema_info(func)
         if info[1]:  # fresh outputs: the returns without alias annotation
             outs = out if info[0] > 1 else (out,)
