@@ -1,7 +1,8 @@
 """Ring-buffer round trip (store + fetch of one tensor) vs. a plain copy through a host buffer.
 
 * lightcache: ``ring.store(x, k)`` then ``ring.fetch(k, dst)`` (D2H into a pinned slot, H2D back;
-  on CPU a worker-thread memcpy each way; storing the same key again frees its slot first).
+  on CPU a memcpy each way, on the ring's worker thread above 1 MiB, on the caller's at most 1 MiB;
+  storing the same key again frees its slot first).
 * reference: the same two copies with torch: ``host.copy_(x, non_blocking=True)`` then
   ``dst.copy_(host, non_blocking=True)`` through a preallocated (pinned on CUDA) host tensor.
 

@@ -12,7 +12,9 @@ Cases (each: one pipeline, one policy, a base plan and the plans compared with i
 Each round runs every plan of a case once, in alternating order (one warm-up run each first);
 the ratios are of the median times: the process's CPU time (``time.process_time``, one torch
 thread: what the run itself costs, robust to other jobs on a shared machine), the wall-clock
-ratios recorded beside them. Outputs are compared with the base plan's (max abs
+ratios recorded beside them. ``paired_ratio_to_base`` is the median over rounds of each round's
+own ratio (a plan's CPU time over the base plan's in that round): it cancels the drift of a
+shared machine's speed between rounds. Outputs are compared with the base plan's (max abs
 difference). The pieces each plan runs are counted (lightcache.memory.chunk_spec.counting) and the
 planner's cost model fitted: ``piece_overhead`` = (ratio - 1) / extra pieces per denoiser call, the
 share of a denoiser call one extra piece cost here. Writes a JSON record (command, date, machine,
@@ -168,6 +170,7 @@ def run_case(name, steps, rounds, fit=None, also=()):
     record["median_wall_s"] = {n: statistics.median(v) for n, v in walls.items()}
     record["wall_ratio_to_base"] = {n: record["median_wall_s"][n] / record["median_wall_s"][base] for n in names}
     record["ratio_to_base"] = {n: med[n] / med[base] for n in names}
+    record["paired_ratio_to_base"] = {n: statistics.median(a / b for a, b in zip(times[n], times[base])) for n in names}
     record["max_abs_diff_to_base"] = {n: float((outs[n].float() - outs[base].float()).abs().max()) for n in names}
     # the planner's cost model: slowdown = extra pieces per denoiser call x piece_overhead; measured here
     try:
@@ -180,7 +183,7 @@ def run_case(name, steps, rounds, fit=None, also=()):
     for n in names:
         o = record["piece_overhead"][n]
         print(f"{name:12s} {n:22s} median cpu {med[n] * 1e3:7.1f} ms ratio {med[n] / med[base]:.3f} "
-              f"(wall {record['wall_ratio_to_base'][n]:.3f})  "
+              f"(paired {record['paired_ratio_to_base'][n]:.3f}, wall {record['wall_ratio_to_base'][n]:.3f})  "
               f"max|diff| {record['max_abs_diff_to_base'][n]:.2e}  extra pieces/call {extra[n]:.1f}"
               + ("" if o is None else f"  piece_overhead {o:.4f}"))
     for f in [f for f in record.get("fit", []) if "error" not in f]:

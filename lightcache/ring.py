@@ -5,7 +5,9 @@ A ring is one host slab (page-locked when possible) split into ``num_slots`` slo
 
 * ``store(src, key)``: copies ``src`` into a free slot, device->host, asynchronously: on CUDA on a
   side stream ordered after the work already queued on the producer (current) stream; on CPU on a
-  worker thread. Storing an existing key replaces it.
+  worker thread (a copy of at most 1 MiB issued while no copy is in flight runs on the calling
+  thread: cheaper than waking the worker; either way in issue order). Storing an existing key
+  replaces it.
 * ``prefetch(key, dst)``: starts the host->device copy into ``dst`` (on CUDA on a copy stream,
   ordered after the consumer stream's queued work, so ``dst`` is free to overwrite).
 * ``fetch(key, dst=None)``: makes the consumer stream wait for the key's data in ``dst`` (copying
@@ -141,13 +143,18 @@ _INHERITED: dict[int, int] = {}
 _PENDING_DST: dict[tuple, tuple[int, int]] = {}
 _DST_LOCK = threading.Lock()
 
+_NO_GUARD = contextlib.nullcontext()  # a cpu ring's device guard (reusable: nullcontext keeps no state)
+
 
 def _span(t: Tensor) -> Optional[tuple]:
     """(device, first byte, end byte) of the memory ``t`` covers (gaps of a strided view included)."""
-    if t.numel() == 0:
+    numel = t.numel()
+    if numel == 0:
         return None
-    extent = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
     start = t.data_ptr()
+    if t.is_contiguous():  # the common case, without the per-dimension sum
+        return (t.device, start, start + numel * t.element_size())
+    extent = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
     return (t.device, start, start + extent * t.element_size())
 
 
@@ -214,7 +221,7 @@ def _close_all():  # join worker threads and free slabs before the interpreter t
             r.close()
 
 
-@dataclass
+@dataclass(slots=True)  # one per store: cheaper to create
 class _Entry:
     slot: int
     generation: int
@@ -228,6 +235,8 @@ class _Entry:
 
 
 def _check_key(key) -> int:
+    if type(key) is int and _INT64[0] <= key <= _INT64[1]:  # the hot path: one type test
+        return key
     if isinstance(key, bool):
         raise TypeError("key must be an int, got bool")
     try:
@@ -314,6 +323,7 @@ class RingBuffer:
                 index = 0  # the compiled module reports the missing device
             dev = torch.device("cuda", index)
         self.device = dev
+        self._cuda = dev.type == "cuda"
         with self._device_guard():
             self._core = C.Ring(
                 dev.type,
@@ -387,9 +397,9 @@ class RingBuffer:
     # ---- helpers ---------------------------------------------------------------------------
 
     def _device_guard(self):
-        if self.device.type == "cuda" and torch.cuda.is_available():
+        if self._cuda and torch.cuda.is_available():
             return torch.cuda.device(self.device)
-        return contextlib.nullcontext()
+        return _NO_GUARD
 
     def _check_open(self):
         if self._inherited:
@@ -415,6 +425,8 @@ class RingBuffer:
 
     def _check_free(self, op: str, name: str, t: Tensor, key: int) -> None:
         """``t`` must not overlap any pending prefetch's dst (this key's included)."""
+        if not _PENDING_DST:  # nothing to overlap (a claim racing with this check races with the copy anyway)
+            return
         with _DST_LOCK:
             owner = _owner_of(_span(t))
         if owner is not None:
@@ -429,7 +441,7 @@ class RingBuffer:
         e.prefetched = None
 
     def _stream_handle(self, stream) -> int:
-        if self.device.type == "cpu":
+        if not self._cuda:
             if stream is not None:
                 raise ValueError("stream must be None for a cpu ring")
             return 0

@@ -114,6 +114,24 @@ def test_src_kept_alive_until_copied(make_ring):
     assert r.stats()["pending_sources"] == 0  # dropped once known complete
 
 
+def test_copies_of_mixed_sizes_complete_in_issue_order(make_ring):
+    """Small copies issued behind a large one complete after it, with the right bytes (the CPU
+    engine may run a small copy on the caller's thread when nothing is in flight, never ahead of
+    queued ones)."""
+    r = make_ring(slot_bytes=4 << 20, num_slots=3)
+    big = torch.arange(1 << 20, dtype=torch.float32)  # 4 MiB: the worker's
+    small = torch.arange(1024, dtype=torch.float32)
+    for i in range(6):
+        r.store(big + i, 0)
+        r.store(small + i, 1)  # queued behind the big store
+        dst = torch.empty_like(big)
+        r.prefetch(0, dst)
+        assert torch.equal(r.fetch(1), small + i)
+        assert torch.equal(r.fetch(0, dst), big + i)
+        r.store(small[:256] - i, 0)  # replaces the big entry, small: may run inline
+        assert torch.equal(r.fetch(0), small[:256] - i)
+
+
 def test_stress_random_cycles(make_ring):
     """>= 10,000 random store/prefetch/fetch/release cycles with random sizes and dtypes; every
     byte that comes back is checked, evictions included."""

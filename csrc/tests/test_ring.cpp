@@ -69,6 +69,29 @@ LC_TEST(roundtrip_and_states) {
   r->release(z.slot, z.generation);
 }
 
+LC_TEST(small_copies_on_an_idle_engine_run_inline_large_ones_queue_in_order) {
+  // <= 1 MiB with nothing in flight: done when the call returns (no worker round trip). A larger
+  // copy goes to the worker, and the small copies issued behind it queue after it (FIFO).
+  auto r = cpu_ring(4 << 20, 4);
+  auto small = pattern(4096, 1), big = pattern(4 << 20, 2), small2 = pattern(4096, 3);
+  StoreResult a = r->store(small.data(), small.size(), 0);
+  LC_CHECK(r->done(a.ticket) && r->state(a.slot) == SlotState::OnHost);
+  for (unsigned round = 0; round < 8; ++round) {
+    StoreResult b = r->store(big.data(), big.size(), 0);
+    StoreResult c = r->store(small2.data(), small2.size(), 0);
+    if (r->done(c.ticket)) LC_CHECK(r->done(b.ticket));  // never completes ahead of the queue
+    std::vector<unsigned char> back_big(big.size()), back_small(small2.size());
+    r->prefetch(b.slot, b.generation, back_big.data(), back_big.size(), 0);
+    r->fetch(c.slot, c.generation, back_small.data(), back_small.size(), 0, false);
+    LC_CHECK(r->done(b.ticket) && r->done(c.ticket));
+    LC_CHECK(back_small == small2);
+    r->fetch(b.slot, b.generation, back_big.data(), back_big.size(), 0, true);
+    LC_CHECK(back_big == big);
+    r->release(b.slot, b.generation);
+    r->release(c.slot, c.generation);
+  }
+}
+
 LC_TEST(stale_handles_and_double_release) {
   auto r = cpu_ring(64, 2);
   auto src = pattern(64, 2);

@@ -43,6 +43,10 @@ class MetaRing:
             _ring._REGISTRY[self.id] = self
 
     def hold(self, src):
+        # a RingBuffer stores a non-contiguous source through its own contiguous copy, which it
+        # holds until its next operation (RingBuffer.store); the CPU tracker sees that copy
+        if src is not None and not src.is_contiguous():
+            src = src.contiguous()
         self._held = src
 
     def poll(self):
