@@ -255,26 +255,30 @@ class _EasyKnob:
         self.base, self.shape = policy, shape
         # ε_t of the recording (every step computed): the criterion as the rule would accumulate it
         self.eps = {t: float(e) for t, e in state.epsilons.items()}
+        # ForecastCache weighs ε_t by g^p in E, g the steps since the last compute (EasyCache: p = 0)
+        self.power = policy.gap_power if isinstance(policy, ForecastCache) else 0.0
 
     def policy(self, threshold):
         return dataclasses.replace(self.base, threshold=threshold)
 
     def computed_steps(self, tau: float) -> List[bool]:
-        n, out, acc = self.shape.steps, [], 0.0
+        n, out, acc, last = self.shape.steps, [], 0.0, 0  # last: the step of the last compute
         for t in range(n):
             if t not in self.eps or t == n - 1:  # forced: warm-up, no rate yet, last step
                 compute = True
             else:
-                acc += self.eps[t]
+                acc += self.eps[t] * (t - last) ** self.power
                 compute = not acc < tau
             if compute:
-                acc = 0.0
+                acc, last = 0.0, t
             out.append(compute)
         return out
 
     def candidates(self):
         ts = sorted(self.eps)
-        sums = [sum(self.eps[t] for t in ts[i:j + 1]) for i in range(len(ts)) for j in range(i, len(ts))]
+        # E over reused steps ts[i..j] after a compute at ts[i] − 1
+        sums = [sum(self.eps[t] * (t - ts[i] + 1) ** self.power for t in ts[i:j + 1])
+                for i in range(len(ts)) for j in range(i, len(ts))]
         out = []
         for tau in _midpoints(sums):
             steps = self.computed_steps(tau)

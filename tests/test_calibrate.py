@@ -70,6 +70,24 @@ def test_forecastcache_threshold_hits_the_target(cog):
     assert_left_as_it_was(pipe, gen, state)
 
 
+def test_forecastcache_replay_weighs_the_gap():
+    """The replay accumulates ForecastCache's ε_t · g^gap_power (g: steps since the last compute):
+    equal ε = 0.1 on steps 2-10 and τ = 0.35 compute every 4th step with the plain sum (0.1 · 4),
+    every 3rd with g^1 (0.1 + 0.2 + 0.3)."""
+    from types import SimpleNamespace
+
+    from lightcache.calibrate import _EasyKnob, _Shape
+
+    shape = _Shape(steps=STEPS, calls=tuple((t, "cond") for t in range(STEPS)), blocks=2)
+    state = SimpleNamespace(epsilons={t: 0.1 for t in range(2, STEPS - 1)})  # 0, 1: no rate yet; 11: the last
+
+    def schedule(policy):
+        return "".join("C" if c else "R" for c in _EasyKnob(policy, shape, state).computed_steps(0.35))
+
+    assert schedule(lightcache.EasyCache()) == schedule(lightcache.ForecastCache(gap_power=0.0)) == "CCRRRCRRRCRC"
+    assert schedule(lightcache.ForecastCache(gap_power=1.0)) == "CCRRCRRCRRCC"
+
+
 def test_precisecache_alpha_hits_the_target(cog):
     pipe, kwargs = cog
     gen = torch.Generator().manual_seed(0)

@@ -107,7 +107,7 @@ def test_presets_accept_a_pipeline_or_denoiser_instance_or_class():
     for what in (pipe, type(pipe), pipe.transformer, type(pipe.transformer), diffusers.WanImageToVideoPipeline,
                  type("MyWanPipeline", (diffusers.WanPipeline,), {})):
         assert EasyCache.for_model(what) == wan, what
-    assert ForecastCache.for_model(pipe) == ForecastCache(threshold=0.2, warmup_ratio=0.2)
+    assert ForecastCache.for_model(pipe) == ForecastCache(threshold=0.2)
     assert EasyCache.for_model(diffusers.HunyuanVideoPipeline) == EasyCache(0.025, 5)
     with pytest.raises(ValueError, match=r"model: Linear is not a registered family, nor a pipeline or denoiser of "
                                          r"one; give a family name"):

@@ -1,5 +1,6 @@
 """ForecastCache (lightcache/policies/forecast.py): its decisions are EasyCache's (docs/design.md
-§3.1) with a warm-up of ⌈warmup_ratio · N⌉ steps, and a reused call outputs the first-order
+§3.1) with a warm-up of ⌈warmup_ratio · N⌉ steps and each step's ε_t weighed by g^gap_power in E
+(g: steps since the last compute), and a reused call outputs the first-order
 forecast x_t + Δ_k + (Δ_k − Δ_{k−1}) · (t − t_k) / (t_k − t_{k−1}) of its branch's last two
 computed Δs. Checked on scripted trajectories against a plain-Python evaluation of the formula,
 exactly on a hand-built fp32 case, and on the tiny Wan pipeline (lossless at τ = 0, work skipped,
@@ -29,20 +30,22 @@ from tiny_pipelines import build, denoiser, output_of  # noqa: E402
 from test_policy_decisions import mean_abs, trajectory  # noqa: E402
 
 
-def forecast_reference(xs, vs, tau, warmup_ratio, order=1):
+def forecast_reference(xs, vs, tau, warmup_ratio, order=1, gap_power=0.0):
     """ForecastCache as its docstring writes it, in plain Python (float64): the leader's decisions
     and every branch's outputs (the uncond branch outputs 0.5 · v_t when computed)."""
     n = len(xs)
     warmup = math.ceil(warmup_ratio * n - 1e-9)
     decisions, outputs = [], {"cond": [], "uncond": []}
-    E, k, last = 0.0, None, None  # last = (x_i, v_i) of the leader
+    E, k, last, t_k = 0.0, None, None, None  # last = (x_i, v_i) of the leader, computed at step t_k
     computed = {"cond": [], "uncond": []}  # (step, Δ) of each branch's computes
     for t in range(n):
         compute = True
         if not (t < warmup or t == n - 1 or k is None):
-            E += k * mean_abs(xs[t] - xs[t - 1]) / mean_abs(last[1])
+            eps = k * mean_abs(xs[t] - xs[t - 1]) / mean_abs(last[1])
+            E += eps * (t - t_k) ** gap_power
             compute = not E < tau
         if compute:
+            t_k = t
             E = 0.0
             if last is not None:
                 dx = mean_abs(xs[t] - last[0])
@@ -88,14 +91,21 @@ def drive(policy, xs, vs, run=None):
     return decisions, outputs, state
 
 
-@pytest.mark.parametrize("tau,warmup_ratio,order", [(0.05, 0.2, 1), (0.3, 0.1, 1), (0.5, 0.25, 1), (1e9, 0.1, 1),
-                                                    (0.3, 0.1, 0)])
-def test_decisions_and_forecasts_match_the_formula(tau, warmup_ratio, order):
+# gap_power 0: EasyCache's plain sum of ε_t
+@pytest.mark.parametrize("tau,warmup_ratio,order,gap_power", [
+    (0.05, 0.2, 1, 0.0), (0.3, 0.1, 1, 0.0), (0.5, 0.25, 1, 0.0), (1e9, 0.1, 1, 0.0), (0.3, 0.1, 0, 0.0),
+    (0.3, 0.06, 1, 1.0), (0.6, 0.06, 1, 1.0), (0.3, 0.0, 0, 0.5), (0.6, 0.06, 1, 2.0)])
+def test_decisions_and_forecasts_match_the_formula(tau, warmup_ratio, order, gap_power):
     xs, vs = trajectory()
-    got, outputs, state = drive(ForecastCache(threshold=tau, warmup_ratio=warmup_ratio, order=order), xs, vs)
-    want, want_outputs = forecast_reference(xs, vs, tau, warmup_ratio, order)
+    policy = ForecastCache(threshold=tau, warmup_ratio=warmup_ratio, order=order, gap_power=gap_power)
+    got, outputs, state = drive(policy, xs, vs)
+    want, want_outputs = forecast_reference(xs, vs, tau, warmup_ratio, order, gap_power)
     assert got == want
     assert not all(got), "every case here reuses some steps"
+    # each weighted case here computes a step the plain sum would reuse
+    plain, _ = forecast_reference(xs, vs, tau, warmup_ratio, order)
+    assert (plain != want) == (gap_power > 0) == bool(state.gaps)
+    assert any(g > 1 for g in state.gaps.values()) == (gap_power > 0)
     for br in ("cond", "uncond"):
         for t, (out, ref) in enumerate(zip(outputs[br], want_outputs[br])):
             if not got[t]:
@@ -105,11 +115,12 @@ def test_decisions_and_forecasts_match_the_formula(tau, warmup_ratio, order):
 
 
 def test_order_zero_is_easycache():
-    """order=0 holds Δ_k: the outputs and decisions of EasyCache with the same warm-up, bit for bit."""
+    """order=0 holds Δ_k and gap_power=0 sums ε_t: the outputs and decisions of EasyCache with the same
+    warm-up, bit for bit."""
     from lightcache import EasyCache
 
     xs, vs = trajectory()
-    got, outs, _ = drive(ForecastCache(threshold=0.3, warmup_ratio=0.1, order=0), xs, vs)
+    got, outs, _ = drive(ForecastCache(threshold=0.3, warmup_ratio=0.1, order=0, gap_power=0.0), xs, vs)
     want, want_outs, _ = drive(EasyCache(threshold=0.3, warmup_steps=2), xs, vs)
     assert got == want
     assert all(torch.equal(a, b) for br in outs for a, b in zip(outs[br], want_outs[br]))
@@ -257,13 +268,20 @@ def test_threshold_zero_is_lossless(wan):
     assert calls == ref_calls and report.calls_reused == 0
 
 
-def test_reuse_skips_the_blocks_work(wan):
+@pytest.mark.parametrize("fields,schedule", [
+    # warm-up ⌈0.2 · 8⌉ = 2 steps: every step but the last is reused (E stays below τ = 1e9)
+    (dict(threshold=1e9, warmup_ratio=0.2), "CCRRRRRC"),
+    # the default warm-up ⌈0.06 · 8⌉ = 1 step (the rate's two computes come first anyway)
+    (dict(threshold=1e9), "CCRRRRRC"),
+])
+def test_reuse_skips_the_blocks_work(wan, fields, schedule):
     run, (ref_video, ref_calls, _) = wan
-    video, calls, report = run(ForecastCache(threshold=1e9))
-    # warm-up ⌈0.2 · 8⌉ = 2 steps, then every step but the last is reused (both branches)
-    assert [d.computed for d in report.decisions if d.branch == "cond"] == [True, True] + [False] * 5 + [True]
-    assert calls * STEPS == ref_calls * 3  # 3 of 8 steps ran, each with the same leaf calls
-    assert report.block_compute_ratio == pytest.approx(3 / 8)
+    video, calls, report = run(ForecastCache(**fields))
+    for branch in ("cond", "uncond"):  # the uncond branch follows every decision
+        assert "".join("C" if d.computed else "R" for d in report.decisions if d.branch == branch) == schedule
+    computed = schedule.count("C")
+    assert calls * STEPS == ref_calls * computed  # each computed step ran the same leaf calls
+    assert report.block_compute_ratio == pytest.approx(computed / STEPS)
     assert torch.isfinite(video).all() and not torch.equal(video, ref_video)
 
 
@@ -292,6 +310,10 @@ def test_storage_plans(wan, plan):
         (dict(threshold="0.1"), "ForecastCache.threshold"),
         (dict(warmup_ratio=1.5), "ForecastCache.warmup_ratio"),
         (dict(warmup_ratio=-0.1), "ForecastCache.warmup_ratio"),
+        (dict(gap_power=-0.5), "ForecastCache.gap_power"),
+        (dict(gap_power=float("inf")), "ForecastCache.gap_power"),
+        (dict(gap_power=float("nan")), "ForecastCache.gap_power"),
+        (dict(gap_power="1"), "ForecastCache.gap_power"),
         (dict(order=2), "ForecastCache.order"),
         (dict(order=True), "ForecastCache.order"),
         (dict(order=1.0), "ForecastCache.order"),
@@ -306,7 +328,9 @@ def test_frozen_and_unknown_step_count_refused():
     p = ForecastCache()
     with pytest.raises(Exception):
         p.threshold = 0.5
-    assert p.warmup_steps(20) == 4 and p.warmup_steps(50) == 10 and ForecastCache(warmup_ratio=0.15).warmup_steps(20) == 3
+    assert p.warmup_steps(50) == 3 and p.warmup_steps(20) == 2
+    assert ForecastCache(warmup_ratio=0.2).warmup_steps(50) == 10
+    assert ForecastCache(warmup_ratio=0.15).warmup_steps(20) == 3
     state = p.new_state(RunContext(store=DeviceStore(), adapter=None))
     with pytest.raises(ValueError, match="ForecastCache.warmup_ratio"):
         p.should_compute(state, CallInfo(step=0, num_steps=None, branch="cond", leader=True), torch.zeros(1, 4, 1, 2, 2))
