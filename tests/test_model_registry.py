@@ -109,6 +109,9 @@ def test_presets_accept_a_pipeline_or_denoiser_instance_or_class():
         assert EasyCache.for_model(what) == wan, what
     assert ForecastCache.for_model(pipe) == ForecastCache(threshold=0.2)
     assert EasyCache.for_model(diffusers.HunyuanVideoPipeline) == EasyCache(0.025, 5)
+    assert ForecastCache.for_model(diffusers.CogVideoXPipeline) == ForecastCache(threshold=0.2)
+    with pytest.raises(ValueError, match=r"the 'cogvideox' family has no EasyCache preset"):
+        EasyCache.for_model(diffusers.CogVideoXPipeline)
     with pytest.raises(ValueError, match=r"model: Linear is not a registered family, nor a pipeline or denoiser of "
                                          r"one; give a family name"):
         EasyCache.for_model(torch.nn.Linear(2, 2))
