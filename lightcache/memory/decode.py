@@ -39,7 +39,10 @@ square tiles, at most 16 per frame) that fits at the smallest slice; when nothin
 shape is known only then (:func:`plan_decode` checks ahead). On CPU the count is what the tracker
 reports; on CUDA the allocator's block rounding and library workspaces come on top. The plan is made
 once per latent shape; the dry run swaps the VAE's parameters for meta tensors while it runs, so
-the VAE must not be used from another thread meanwhile.
+the VAE must not be used from another thread meanwhile. Speed (the same counts, tested against the
+plain dry run in tests/test_decode_dry_run.py): the dry runs of one decoder share a memo of meta
+ops' output metadata (lightcache._live_bytes), and on meta tensors diffusers' tile blends run one
+row of their extent (:func:`_meta_blends`; also in a simulated decode, lightcache.simulate).
 """
 
 from __future__ import annotations
@@ -195,6 +198,38 @@ def _attrs(obj, values: dict):
     finally:
         for k, v in old.items():
             setattr(obj, k, v)
+
+
+_BLENDS = ("blend_v", "blend_h", "blend_t")
+
+
+@contextlib.contextmanager
+def _meta_blends(vae):
+    """On meta tensors (the budget's dry runs, lightcache.simulate), the VAE's own blends (diffusers'
+    ``blend_v``/``blend_h``/``blend_t``, called by our slicers and by the VAEs' tiled decodes) run
+    one row of the blend extent instead of every row: nothing is computed on meta, and each row
+    allocates the same temporaries (two scaled rows and their sum, of one shape whatever the row)
+    and frees them before the next, so the bytes counted are the same -- and a blend of 88 rows
+    was most of a tiled dry run's ops (tests/test_decode_dry_run.py checks the counts per VAE).
+    Only diffusers' own methods: a subclass's blend, or one patched on the instance, runs whole."""
+    patched = []
+    for name in _BLENDS:
+        fn = getattr(type(vae), name, None)
+        if fn is None or name in vae.__dict__ or not getattr(fn, "__module__", "").startswith("diffusers."):
+            continue
+
+        def one_row(a, b, blend_extent, fn=fn):
+            if a.device.type == "meta" and b.device.type == "meta":
+                blend_extent = min(blend_extent, 1)
+            return fn(vae, a, b, blend_extent)
+
+        vae.__dict__[name] = one_row
+        patched.append(name)
+    try:
+        yield
+    finally:
+        for name in patched:
+            del vae.__dict__[name]
 
 
 def _blend_tiles(vae, rows, blend_h: int, blend_w: int, crop_h: int, crop_w: int):
@@ -477,6 +512,7 @@ class _Decoder:
         self.memory = memory
         self.slicer = _slicer(vae, memory)
         self.plans = {}
+        self.memo = {}  # the dry runs' meta-op memo (lightcache._live_bytes), shared by every estimate
 
     def _sink(self, z, extra, discard=False):
         s = self.slicer
@@ -499,14 +535,14 @@ class _Decoder:
         on_host = z.device.type == "cpu"  # host and device are one memory: the output counts
         sink = _Sink(batch or z.shape[0], self.slicer.frames_out(z, extra), self.slicer.frame_dim, False, "off",
                      discard=self.memory.decode_to_host and not on_host)
-        count = LiveBytes()
+        count = LiveBytes(memo=self.memo)
         # the caller's modes (the CPU stage tracker) must not see the dry run
         with _disable_current_modes(), torch.no_grad():
             meta = {k: torch.empty_like(v, device="meta") for k, v in
                     list(self.vae.named_parameters()) + list(self.vae.named_buffers())}
             mz = z.to("meta")
             mextra = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in extra.items()}
-            with _reparametrize_module(self.vae, meta), self._tiling(tile), count:
+            with _reparametrize_module(self.vae, meta), self._tiling(tile), _meta_blends(self.vae), count:
                 self.slicer.run(original, mz, mextra, s, sink, 0, limit=self.slicer.probe_limit(s))
                 del sink
         return count.peak
@@ -556,6 +592,10 @@ class _Decoder:
         return self.plans[key]
 
     def __call__(self, original, z, extra) -> torch.Tensor:
+        with _meta_blends(self.vae) if z.device.type == "meta" else contextlib.nullcontext():
+            return self._decode(original, z, extra)
+
+    def _decode(self, original, z, extra) -> torch.Tensor:
         sl = self.slicer
         plan = self.plan_for(original, z, extra)
         one_call = sl.frame_dim == 0 and plan.frames_per_slice >= z.shape[0] and plan.tile is None

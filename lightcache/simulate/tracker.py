@@ -21,7 +21,8 @@ ops with the same shapes block after block and call after call. An op whose outp
 storages is a function of its arguments' metadata (shapes, strides, dtypes, offsets; on meta there
 are no values), so the outputs' metadata is remembered per (op, arguments' metadata) and later
 calls get ``empty_strided`` tensors of exactly that metadata. Ops whose outputs alias an input or
-each other, or are not tensors, always run.
+each other, or are not tensors, always run. (The memo's keys and entries are lightcache._live_bytes',
+which the sliced decode's dry runs use too.)
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import weakref
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
+
+from lightcache._live_bytes import _memo_entry, _memo_key, _schema_info
 
 from lightcache.simulate.values import READS
 
@@ -166,79 +169,3 @@ class DeviceBytes(TorchDispatchMode):
 
 def _host_to_meta(x):
     return x.to("meta") if isinstance(x, torch.Tensor) and x.device.type == "cpu" else x
-
-
-_SCHEMA = {}
-
-
-def _schema_info(func):
-    """(number of returns, indices of the returns without alias annotation, memo-eligible), per op."""
-    info = _SCHEMA.get(func)
-    if info is None:
-        schema = func._schema
-        rets = schema.returns
-        fresh = tuple(i for i, r in enumerate(rets) if r.alias_info is None)
-        eligible = (bool(rets) and all(r.alias_info is None for r in rets)
-                    and all(a.alias_info is None for a in schema.arguments)
-                    and all(str(r.type) == "Tensor" for r in rets))
-        info = _SCHEMA[func] = (len(rets), fresh, eligible)
-    return info
-
-
-_NO = object()  # an argument the memo cannot key on
-
-
-def _meta_of(x):
-    if isinstance(x, torch.Tensor):
-        if x.device.type != "meta":
-            return _NO
-        return ("T", tuple(x.shape), x.stride(), x.dtype, x.storage_offset())
-    if isinstance(x, (list, tuple)):
-        parts = tuple(_meta_of(v) for v in x)
-        return _NO if any(p is _NO for p in parts) else ("L", parts)
-    if x is None or isinstance(x, (int, float, bool, str, torch.dtype, torch.device, torch.layout,
-                                   torch.memory_format)):
-        return (type(x).__name__, x)
-    return _NO  # anything else (a generator, a symbolic size): not remembered
-
-
-def _memo_key(func, args, kwargs):
-    if not _schema_info(func)[2]:
-        return None  # in-place, out= and view ops, and non-tensor returns, run as they are
-    parts = []
-    for v in args:
-        m = _meta_of(v)
-        if m is _NO:
-            return None
-        parts.append(m)
-    if kwargs:
-        for k in sorted(kwargs):
-            m = _meta_of(kwargs[k])
-            if m is _NO:
-                return None
-            parts.append((k, m))
-    return (func, tuple(parts))
-
-
-def _memo_entry(func, out, args, kwargs):
-    outs = out if isinstance(out, tuple) else (out,)
-    if not all(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in outs):
-        return None
-    ins = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-    seen = set()
-    for t in outs:
-        st = t.untyped_storage()
-        if id(st) in ins or id(st) in seen or t.storage_offset() != 0:
-            return None
-        if st.nbytes() != _span_bytes(t):
-            return None
-        seen.add(id(st))
-    return ("one" if not isinstance(out, tuple) else "tuple",
-            tuple((tuple(t.shape), t.stride(), t.dtype) for t in outs))
-
-
-def _span_bytes(t) -> int:
-    if t.numel() == 0:
-        return 0
-    span = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
-    return span * t.element_size()
