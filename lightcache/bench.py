@@ -48,9 +48,10 @@ alternating timed rounds on the first condition and seed. For each peer, lightca
 by wall time and by block FLOPs, with the margins at 1.5/2/2.5/3x (:func:`matched_comparison`).
 Issue 12's instrument (50 steps, 4 conditions x 2 seeds; benchmarks/results/sweep-wan-proxy-50steps-cpu)::
 
-    lightcache bench --sweep --model wan-proxy --steps 50 --conditions 4 --seeds 2 \
+    lightcache bench --sweep --model wan-proxy --steps 50 --conditions 4 --seeds 2 --repeats 5 \
         --methods easycache,forecast,precise-base,precise-flash,diffusers-fbc,diffusers-taylorseer,\
-diffusers-magcache,cache-dit,cache-dit-taylorseer --out benchmarks/results/sweep-wan-proxy-50steps-cpu
+diffusers-pab,diffusers-magcache,diffusers-fastercache,cache-dit,cache-dit-taylorseer \
+        --out benchmarks/results/sweep-wan-proxy-50steps-cpu
 """
 
 from __future__ import annotations
