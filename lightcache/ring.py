@@ -615,6 +615,13 @@ class RingBuffer:
             raise ValueError(f"key={key} is not stored in ring {self.id} (never stored, or already released)")
         return self._free_entry(e)
 
+    def poll(self) -> None:
+        """Release the tensors of completed copies (stored sources, fetch buffers) now instead of
+        at this ring's next operation; never blocks (an event query per copy in flight on CUDA)."""
+        self._check_open()
+        with self._lock:
+            self._poll()
+
     def store_done(self, key: int) -> bool:
         """Whether ``key``'s device->host copy has completed (``src`` may be overwritten). Never blocks."""
         self._check_open()

@@ -118,6 +118,15 @@ class SwapStore(FeatureStore):
         super().reset_peaks()
         self.min_device_budget = self._scale_bytes + self._largest_live()
 
+    def _poll_others(self, ring) -> None:
+        """Every ring keeps its last stored source (and fetch buffers) until its next operation
+        finds the copy complete; a full ring may see no operation for a whole step, so each
+        operation looks at the other rings too (never blocks)."""
+        for rings in self._rings.values():
+            for other in rings:
+                if other is not ring:
+                    other.poll()
+
     def _ring_for(self, nbytes: int) -> RingBuffer:
         rings = self._rings.setdefault(nbytes, [])
         for i, ring in enumerate(rings):
@@ -178,6 +187,7 @@ class SwapStore(FeatureStore):
         ring = self._ring_for(nbytes)
         key_id = next(self._ids)
         ring.store(stored, key_id)
+        self._poll_others(ring)
         self._items[key] = _Swapped(ring, key_id, tuple(stored.shape), stored.dtype, value.dtype, scale, nbytes)
         self._live_sizes[nbytes] += 1
         self._scale_bytes += sbytes
@@ -196,6 +206,7 @@ class SwapStore(FeatureStore):
             return
         dst = torch.empty(item.shape, dtype=item.stored_dtype, device=self.device)
         item.ring.prefetch(item.key_id, dst)
+        self._poll_others(item.ring)
         item.prefetched = dst
         self._prefetched[key] = n
         self._prefetched_bytes += n
@@ -217,6 +228,7 @@ class SwapStore(FeatureStore):
             del self._prefetched[key]
             self._prefetched_bytes -= n
         item.ring.fetch(item.key_id, dst)
+        self._poll_others(item.ring)
         item.prefetched = None
         self._device_sub(n)
         return dst, item.scale

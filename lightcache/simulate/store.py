@@ -53,6 +53,7 @@ class MetaRing:
         self._held = None
 
     def store(self, src, key):
+        self.poll()  # RingBuffer.store polls first: the previous source's copy is done by now
         self._keys.add(key)
 
     def prefetch(self, key, dst):
