@@ -258,3 +258,28 @@ def test_timeline_records_every_stage_invocation_and_plots(tmp_path):
     json.dumps(rep.as_dict())
     plot_timeline(rep, tmp_path / "timeline.png")
     assert (tmp_path / "timeline.png").stat().st_size > 0
+
+
+def test_a_full_rings_last_source_is_released_by_the_next_rings_store():
+    """Each ring keeps its last stored source until an operation finds the copy complete; once a
+    ring is full the store moves to another ring, and operations there poll the full one too, so
+    the full ring's last source is not held for a whole step (at real size: one residual per ring,
+    found by the meta-device simulation)."""
+    import weakref
+
+    from lightcache.memory.swap import SLOTS_PER_RING
+
+    store = SwapStore(MemoryPlan(swap="on"), torch.device("cpu"))
+    last = None
+    for i in range(SLOTS_PER_RING):  # fills the first ring
+        t = torch.full((64,), float(i))
+        store.put(("f", i), t)
+        last = weakref.ref(t)
+        del t
+    assert len(store._rings[64 * 4]) == 1
+    store.put(("f", SLOTS_PER_RING), torch.zeros(64))  # the second ring
+    assert len(store._rings[64 * 4]) == 2
+    assert last() is None  # the first ring's last source is gone (its copy was done)
+    got, _ = store.get(("f", SLOTS_PER_RING - 1))
+    assert torch.equal(got, torch.full((64,), float(SLOTS_PER_RING - 1)))
+    store.close()
