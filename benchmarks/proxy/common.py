@@ -249,6 +249,22 @@ def add_options(p, defaults: dict) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
 
 
+def record_run(summary: Path, args) -> None:
+    """Write the run's command, arguments and versions under "run" in ``summary`` (its folder made)."""
+    import platform
+    import sys
+
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    write_summary(summary, "run", {
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "args": vars(args),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    })
+
+
 def run_standalone(doc: str, add_args, main) -> None:
     """Command line of a training script run on its own (train_all.py records more)."""
     import argparse

@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
-import torch
-
 import train_unet
 import train_wan
-from common import log, set_threads, write_summary
+from common import log, record_run, set_threads, write_summary
 
 
 def main() -> None:
@@ -41,16 +37,8 @@ def main() -> None:
         args.vae_steps, args.clips, args.dit_steps = 20, 160, 20
         args.kl_vae_steps, args.unet_clips, args.unet_steps = 20, 160, 20
     set_threads()
-    Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    write_summary(Path(args.summary), "run", {
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "args": vars(args),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-    })
+    record_run(Path(args.summary), args)
     if args.only in (None, "wan"):
         train_wan.main(args)
     if args.only in (None, "unet"):

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from common import (
-    WEIGHTS_DIR, add_options, clip_chunks, evaluate_pipeline, fit_autoencoder, fit_denoiser, log, run_stage,
+    WEIGHTS_DIR, add_options, clip_chunks, evaluate_pipeline, fit_autoencoder, fit_denoiser, log, record_run, run_stage,
     seed_all, set_threads, write_summary,
 )
 from train_wan import vae_psnr  # encode -> posterior mode -> decode; nothing Wan-specific in it
@@ -272,16 +270,8 @@ def cli() -> None:
         evaluate_all(Path(args.summary))
         return
     set_threads()
-    Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    write_summary(Path(args.summary), "run", {
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "args": vars(args),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-    })
+    record_run(Path(args.summary), args)
     main(args)
     write_summary(Path(args.summary), "total_seconds", {"all": round(time.time() - t0, 1)})
     log(json.dumps(json.loads(Path(args.summary).read_text()), indent=1))
