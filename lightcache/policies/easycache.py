@@ -65,6 +65,8 @@ class EasyCacheState:
     # (means, counts, totals) over this rank's parts of mean|v_i − v_i'|, mean|x_i − x_i'|, mean|v_i|
     # of the last full compute: turned into rate and last_out_mean at the next decision
     pending: Optional[tuple] = None
+    # the weight of the next decision's ε_t in E (1: EasyCache's sum; ForecastCache sets g^p per call)
+    eps_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,8 @@ class EasyCache(CachePolicy):
                 state.rate = torch.where(dx > 0, dv / dx, torch.full_like(dv, float("inf")))
                 state.pending = None
             eps = state.rate * g[-1] / state.last_out_mean
-            state.accumulated = eps if state.accumulated is None else state.accumulated + eps
+            added = eps if state.eps_scale == 1.0 else eps * state.eps_scale
+            state.accumulated = added if state.accumulated is None else state.accumulated + added
             # reuse only while E < τ (the authors' test): a NaN E (k = inf times an unchanged
             # input, inf · 0) computes instead of reusing every later step
             compute = not bool(state.accumulated < self.threshold)  # the call's one host sync

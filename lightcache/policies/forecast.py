@@ -175,24 +175,17 @@ class ForecastCache(CachePolicy):
             state.criterion = EasyCache(threshold=self.threshold, warmup_steps=self.warmup_steps(call.num_steps))
             state.schedule = state.criterion.new_state(state.run)
         schedule = state.schedule
-        before = schedule.accumulated  # E before this step (EasyCache replaces it, never changes it in place)
+        # EasyCache adds ε_t to E; here E gets ε_t · g^p instead (g: steps since the branch's last
+        # compute), through the criterion's own ε weight: one decision, one host sync
+        gap = None
+        if call.leader and self.gap_power != 0 and state.steps.get(call.branch):
+            gap = call.step - state.steps[call.branch][-1]
+            schedule.eps_scale = float(gap) ** self.gap_power
         compute = state.criterion.should_compute(schedule, call, x)
-        # EasyCache adds ε_t to E; here E gets ε_t · g^p instead. g^p >= 1, so a step EasyCache
-        # computes is computed here too, and only its reused steps need deciding again. The
-        # follower reads the leader's decision from the schedule, so it follows that too.
-        if compute or not call.leader or self.gap_power == 0:
-            return compute
-        gap = call.step - state.steps[call.branch][-1]  # the leader has computed (EasyCache knows k)
-        weighted = schedule.epsilons[call.step] * float(gap) ** self.gap_power
-        accumulated = weighted if before is None else before + weighted
-        state.gaps[call.step] = gap
-        # EasyCache's test on the weighted E (a NaN computes); a second host sync, on reused steps only
-        if bool(accumulated < self.threshold):
-            schedule.accumulated = accumulated
-            return False
-        schedule.accumulated = None  # a compute, as EasyCache's own: E restarts
-        schedule.decisions[call.step] = True
-        return True
+        schedule.eps_scale = 1.0
+        if gap is not None and call.step in schedule.epsilons:  # the weight was used (not a forced step)
+            state.gaps[call.step] = gap
+        return compute
 
     def after_compute(self, state: ForecastCacheState, call: CallInfo, x: Tensor, out: Tensor) -> None:
         steps = state.steps.setdefault(call.branch, [])
