@@ -12,8 +12,9 @@ Cases (each: one pipeline, one policy, a base plan and the plans compared with i
 Each round runs every plan of a case once, in alternating order (one warm-up run each first);
 the ratios are of the median times: the process's CPU time (``time.process_time``, one torch
 thread: what the run itself costs, robust to other jobs on a shared machine), the wall-clock
-ratios recorded beside them. ``paired_ratio_to_base`` is the median over rounds of each round's
-own ratio (a plan's CPU time over the base plan's in that round): it cancels the drift of a
+ratios recorded beside them. glibc's malloc thresholds are fixed for the run (``--malloc fixed``,
+:func:`fix_malloc`) so that no plan's time depends on the allocation history of the plans before
+it. ``paired_ratio_to_base`` is the median over rounds of each round's own ratio (a plan's CPU time over the base plan's in that round): it cancels the drift of a
 shared machine's speed between rounds. Outputs are compared with the base plan's (max abs
 difference). The pieces each plan runs are counted (lightcache.memory.chunk_spec.counting) and the
 planner's cost model fitted: ``piece_overhead`` = (ratio - 1) / extra pieces per denoiser call, the
@@ -21,7 +22,8 @@ share of a denoiser call one extra piece cost here. Writes a JSON record (comman
 versions, times, ratios, pieces, the fit's choice and expected cost).
 
     python benchmarks/chunk_overhead.py [--cases animatediff,wan-proxy,unet-proxy] [--rounds 5]
-        [--fit wan-proxy=8.1MB,unet-proxy=21.5MiB+20MiB] [--json benchmarks/results/chunk_overhead_cpu.json]
+        [--fit wan-proxy=8.1MB,unet-proxy=21.5MiB+20MiB] [--malloc fixed|default]
+        [--json benchmarks/results/chunk_overhead_cpu.json]
 """
 
 from __future__ import annotations
@@ -69,24 +71,11 @@ CASES = {"animatediff": _animatediff, "wan-proxy": _proxy("wan_proxy"), "unet-pr
 
 
 def proxy_built(name):
-    """The proxy ``name`` as the planner's :class:`~lightcache.simulate.pipeline.Built`: its pipeline
-    moved to the meta device (the shapes the bench runs: fp32, the native clip, CFG)."""
-    from lightcache.proxy import load
-    from lightcache.simulate.pipeline import Built
+    """The proxy ``name`` as the planner's :class:`~lightcache.simulate.pipeline.Built` (what
+    ``lightcache plan --model NAME`` simulates: the shapes the bench runs, fp32, the native clip, CFG)."""
+    from lightcache.simulate.pipeline import build
 
-    key = name.replace("-", "_")
-    pipe = load.load_proxy(key, device="cpu")
-    kw = load.call_kwargs(pipe, [0], num_inference_steps=50, output_type="pt")
-    kw.pop("generator")
-    pipe.to("meta")
-    pipe.set_progress_bar_config(disable=True)
-    for comp in pipe.components.values():
-        if isinstance(comp, torch.nn.Module):
-            comp.eval().requires_grad_(False)
-    kw = {k: (v.to("meta") if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
-    family = "dit" if key == "wan_proxy" else "unet"
-    return Built(pipe, kw, name, f"trained proxy {key}", torch.float32, int(kw["height"]), int(kw["width"]),
-                 int(kw["num_frames"]), family)
+    return build(name, dtype="fp32")
 
 
 def _fit_plan(name, cap, piece_overhead=None):
@@ -192,6 +181,26 @@ def run_case(name, steps, rounds, fit=None, also=()):
     return record
 
 
+def fix_malloc() -> str:
+    """Fix glibc malloc's thresholds for the run (mallopt: mmap above 32 MiB only, never trim), and
+    say what was done. By default glibc moves its mmap threshold with every large free, so whether
+    a block's tensors are fresh zeroed pages (page faults) or reused heap depends on what ran
+    before: the plans of one process time each other's allocation history (the same chunked plan
+    measured 0.84x-1.32x of no plan across runs of this script). Fixed thresholds make a CPU run
+    reuse memory as a GPU's caching allocator does, so the ratios measure the plans' own work."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return "default (no glibc mallopt)"
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    ok = mallopt(M_MMAP_THRESHOLD, 32 * 2**20) == 1 and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    return "fixed (mallopt M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 2 GiB)" if ok else "default (mallopt refused)"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="animatediff,wan-proxy,unet-proxy")
@@ -202,9 +211,12 @@ def main(argv=None):
                     "wan-proxy=CAP,unet-proxy=CAP[+CAP...] (e.g. wan-proxy=8.1MB,unet-proxy=21.5MiB+20MiB)")
     ap.add_argument("--also", action="append", default=[], metavar="CASE:PLAN",
                     help="another plan to time for a case, e.g. unet-proxy:swap=on,chunk_size=4096 (repeatable)")
+    ap.add_argument("--malloc", choices=("fixed", "default"), default="fixed",
+                    help="glibc malloc thresholds: fixed for the run (default; see fix_malloc) or glibc's own")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    malloc = fix_malloc() if args.malloc == "fixed" else "default"
     fits = dict(item.split("=", 1) for item in args.fit.split(",")) if args.fit else {}
     also = [tuple(item.split(":", 1)) for item in args.also]
     import diffusers
@@ -215,6 +227,7 @@ def main(argv=None):
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.system()} {platform.release()}, "
                    f"{platform.processor() or 'cpu'}, threads {torch.get_num_threads()}",
+        "malloc": malloc,
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "python": platform.python_version(), "lightcache": getattr(lightcache, "__version__", None)},
         "cases": [run_case(c, args.steps, args.rounds, fits.get(c), [s for k, s in also if k == c])

@@ -369,3 +369,73 @@ def test_checkpoint_folder_is_read_from_its_configs(name, tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     with pytest.raises(ValueError, match="lightcache plan simulates"):
         sp.build(str(tmp_path))
+
+
+def _needs_proxy(name):
+    from lightcache.proxy.load import weights_available
+
+    return pytest.mark.skipif(not weights_available(name), reason=f"the trained {name} is not in this installation")
+
+
+@_needs_proxy("unet_proxy")
+def test_unet_fit_picks_the_fewest_pieces_of_row_chunks_and_byte_budgets():
+    """A UNet's fit tries per-operation byte budgets (chunk_size="auto") before row chunks: a budget
+    splits only the operations wider than it. At the UNet proxy's 21.5 MiB cap (below its uncached 21.56 MiB peak, the top-resolution
+    GEGLU feed-forward's) the largest fitting row chunk, 4096, splits every top-level resnet and
+    transformer block (9 extra pieces a call); the budget splits only those feed-forwards (6). The
+    simulated piece count is what a CPU run of the pick counts, and the pick's output equals the
+    unplanned run's exactly (a feed-forward treats each row alone)."""
+    from lightcache.memory.chunk_spec import counting
+    from lightcache.proxy import load
+    from lightcache.simulate.planner import CHUNKS, _Sim, chunk_budgets, expected_cost
+
+    cap = int(21.5 * 2**20)
+    built = sp.build("unet-proxy", dtype="fp32")
+    res = lightcache.plan(built, policy="deepcache", fit=cap)
+    assert res.fit["verdict"].startswith("fits") and res.scenarios[-1].figures.pipeline_peak <= cap
+    picked = parse_memory(res.fit["memory"][len("MemoryPlan("):-1].replace("'", "").replace(", ", ","))
+    assert picked.chunk_size == "auto" and picked.swap == "off"
+    assert res.fit["expected_cost"]["extra_pieces_per_call"] == 6.0
+
+    sim = _Sim(sp.build("unet-proxy", dtype="fp32"), "auto", 50)
+    pol = DeepCache()
+    budgets = chunk_budgets(sim, pol, dict(swap="off"))
+    assert budgets == sorted(set(budgets), reverse=True) and picked.chunk_budget in budgets
+    rows = None
+    for c in CHUNKS:  # the largest fitting row chunk, as the fit's row search finds it
+        cand = dict(swap="off", chunk_size=c)
+        f = sim.cached(pol, cand, latent_only=True)
+        if f.peak["denoise"] <= cap:
+            rows = cand
+            break
+    assert rows == dict(swap="off", chunk_size=4096) and expected_cost(sim, rows)["extra_pieces_per_call"] == 9.0
+
+    pipe = load.load_proxy("unet_proxy", device="cpu")
+    kw = load.call_kwargs(pipe, [0], num_inference_steps=3, output_type="pt")
+    kw.pop("generator")
+    pipe.set_progress_bar_config(disable=True)
+    calls = []
+    handle = pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    outs = []
+    try:
+        for memory in (None, picked):
+            lightcache.enable(pipe, policy=DeepCache(), memory=memory)
+            try:
+                with counting() as count:
+                    outs.append(pipe(**kw, generator=torch.Generator("cpu").manual_seed(0)).frames)
+            finally:
+                lightcache.disable(pipe)
+    finally:
+        handle.remove()
+    assert torch.equal(torch.as_tensor(outs[0]), torch.as_tensor(outs[1]))
+    # every call, full or shallow, runs the top-resolution blocks whose feed-forwards split in two
+    assert count.calls > 0 and count.pieces == 2 * count.calls
+    per_call = (count.pieces - count.calls) / (len(calls) // 2)  # the hook saw both runs
+    assert per_call == res.fit["expected_cost"]["extra_pieces_per_call"]
+
+
+def test_proxy_models_are_simulated_at_their_native_size():
+    with pytest.raises(ValueError, match="native size"):
+        sp.build("unet-proxy", height=64)
+    with pytest.raises(ValueError, match="unet-proxy"):
+        sp.build("no-such-model")

@@ -115,6 +115,8 @@ def build(model: str, *, scale: str = "full", dtype="bf16", height=None, width=N
             pipe, kw = spec.build(c, device, dt, torch.Generator().manual_seed(1))
         pipe.to(device)
         label, family = spec.label, spec.family
+    elif isinstance(model, str) and model in PROXIES:
+        return _proxy(model, height, width, frames, dtype)
     elif isinstance(model, str) and os.path.isdir(model):
         from lightcache.simulate.checkpoint import build_checkpoint
 
@@ -122,7 +124,8 @@ def build(model: str, *, scale: str = "full", dtype="bf16", height=None, width=N
         family = "unet" if getattr(pipe, "unet", None) is not None else "dit"
     else:
         raise ValueError(
-            f"model must be one of {sorted(bm.REALISTIC)} or a local diffusers pipeline folder (with model_index.json), "
+            f"model must be one of {sorted(bm.REALISTIC) + list(PROXIES)} or a local diffusers pipeline folder (with "
+            "model_index.json), "
             f"got {model!r}"
         )
     pipe.set_progress_bar_config(disable=True)
@@ -135,6 +138,35 @@ def build(model: str, *, scale: str = "full", dtype="bf16", height=None, width=N
                   int(kw.get("num_frames") or 0), family)
     _check_pipe_size(built)
     return built
+
+
+PROXIES = ("wan-proxy", "unet-proxy", "cogvideox-proxy")  # the bench's trained proxies (lightcache.proxy)
+
+
+def _proxy(name, height, width, frames, dtype) -> Built:
+    """A trained proxy of the bench (``lightcache bench --model NAME``) on the meta device, at the
+    shapes the bench runs: its native clip, CFG (with ``dtype="fp32"``, what the bench and
+    benchmarks/chunk_overhead.py run)."""
+    from lightcache.proxy import load
+
+    if (height, width, frames) != (None, None, None):
+        raise ValueError(f"model {name!r}: a trained proxy runs at its native size (no --height/--width/--frames)")
+    key = name.replace("-", "_")
+    if not load.weights_available(key):
+        raise ValueError(f"model {name!r}: the trained proxy is not in this installation (lightcache/proxy/weights/)")
+    with _quiet():
+        pipe = load.load_proxy(key, device="cpu", dtype=parse_dtype(dtype))
+    kw = load.call_kwargs(pipe, [0], num_inference_steps=50, output_type="pt")
+    kw.pop("generator")
+    pipe.to("meta")
+    pipe.set_progress_bar_config(disable=True)
+    for comp in pipe.components.values():
+        if isinstance(comp, torch.nn.Module):
+            comp.eval().requires_grad_(False)
+    kw = {k: (v.to("meta") if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    family = "unet" if key == "unet_proxy" else "dit"
+    return Built(pipe, kw, name, f"trained proxy {key}", parse_dtype(dtype), int(kw["height"]), int(kw["width"]),
+                 int(kw["num_frames"]), family)
 
 
 def _nearest(value: int, factor: int, offset: int = 0) -> str:

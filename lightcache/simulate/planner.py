@@ -19,7 +19,13 @@ inputs + live bytes, every phase) fits. Two passes, the first with exact plans o
    fewest pieces that fit, no small last piece; :func:`chunk_sizes`; UNets: 16384, 8192, ..., 256
    rows): the largest first, then galloping and bisection (the denoise peak falls as the chunk
    shrinks; the small chunks, slowest to simulate, only when the larger ones do not fit), as
-   fewer, larger pieces cost less (below); simulations are shared by the offload modes and the caps;
+   fewer, larger pieces cost less (below). A UNet's modules differ in width, so for UNets the
+   same search first runs over per-operation byte budgets (``chunk_size="auto"``,
+   :func:`chunk_budgets`), which split only the operations wider than the budget (often just the
+   top-resolution feed-forwards), and over row chunks only when no budget fits: a row chunk
+   splits every module with more rows, and a small one takes minutes to simulate on a
+   high-resolution UNet (SVD 576x1024, 256 rows: 222 s; its budgets 1-9 s); simulations are
+   shared by the offload modes and the caps;
 2. decode (for the first denoise setting that fits): no plan; then ``decode_slices`` with
    ``decode_to_host=True`` among the slice sizes lightcache decodes exactly for this VAE (the same
    check ``enable`` warns with): the smallest first (if it does not fit, none does), then the
@@ -54,7 +60,8 @@ Python and kernel launches against the piece's compute), so the planner does not
 given ``piece_overhead=`` (benchmarks/chunk_overhead.py measures it, the ``piece_overhead`` of its
 JSON) the cost is also stated in percent; swapping's copies to host memory are stated in bytes
 (overlapped with compute on CUDA). The search order follows the model: no plan, swap, then the
-chunk with the fewest pieces (the largest) that fits, without swap before with it.
+chunk with the fewest pieces (the largest; for a UNet the largest byte budget) that fits, without
+swap before with it.
 """
 
 from __future__ import annotations
@@ -600,6 +607,19 @@ def _fewest_pieces(chunks, fits):
     return chunks[i] if between is None else between
 
 
+def chunk_budgets(sim, pol, base_cand: dict) -> List[int]:
+    """The per-operation byte budgets (``chunk_size="auto"``) the fit tries for a UNet, descending:
+    the unchunked denoise's activations at its peak (no single intermediate is wider) halved, then
+    down by factors of sqrt(2) to 1/4096 of it. A UNet's modules differ in width (a GEGLU
+    feed-forward's hidden state is 8x its block's channels, the attention scores heads x keys per
+    row, a resnet its channels per pixel), so a budget splits only the operations wider than it:
+    at the UNet proxy's 21.5 MiB cap, 6 extra pieces per call, all of them feed-forward chunks,
+    against 9 whole-block and resnet pieces for the fewest-piece row chunk that fits (4096)."""
+    f = sim.cached(pol, dict(base_cand), latent_only=True)
+    top = max(1, f.live_peak["denoise"] - f.cache_at_peak["denoise"])
+    return sorted({max(1, int(top * 2 ** (-k / 2))) for k in range(2, 25)}, reverse=True)
+
+
 def expected_cost(sim, cand: dict, piece_overhead=None) -> dict:
     """The cost model of the module docstring for the denoise setting ``cand`` (MemoryPlan fields:
     swap, chunk_size, cache_dtype), from its latent-only simulation's piece counts: a dict with ``extra_pieces_per_call``, ``copied_per_call``
@@ -695,6 +715,15 @@ def _fit(sim, pol, cap, scenarios, offload, piece_overhead=None) -> dict:
                                   stage="encode+denoise"))
                 return f.peak["encode"] <= cap and f.peak["denoise"] <= cap
 
+            def budget_fits(cand):
+                try:
+                    return denoise_fits(cand)
+                except ValueError as e:  # the budget is below one frame/pixel of some module: smaller ones too
+                    if "chunk_budget" not in str(e):
+                        raise
+                    tried.append(dict(memory=str(cand), offload=mode, peak=None, stage="encode+denoise", error=str(e)))
+                    return False
+
             for cand in candidates:
                 if isinstance(cand, tuple):  # the largest chunk whose denoise fits
                     base_cand = cand[1]
@@ -703,10 +732,17 @@ def _fit(sim, pol, cap, scenarios, offload, piece_overhead=None) -> dict:
                         unplanned = _with_offload(sim, sim.cached(pol, dict(swap="off"), latent_only=True), mode)
                         if unplanned.weights["denoise"] + inputs + unplanned.cache_at_peak["denoise"] > cap:
                             continue
-                    c = _fewest_pieces(chunks, lambda c: denoise_fits(dict(base_cand, chunk_size=c)))
-                    if c is None:
-                        continue
-                    cand = dict(base_cand, chunk_size=c)
+                    cand = None
+                    if tokens is None:  # a UNet: per-operation byte budgets first (only the widest split)
+                        b = _fewest_pieces(chunk_budgets(sim, pol, base_cand),
+                                           lambda b: budget_fits(dict(base_cand, chunk_size="auto", chunk_budget=b)))
+                        if b is not None:
+                            cand = dict(base_cand, chunk_size="auto", chunk_budget=b)
+                    if cand is None:
+                        c = _fewest_pieces(chunks, lambda c: denoise_fits(dict(base_cand, chunk_size=c)))
+                        if c is None:
+                            continue
+                        cand = dict(base_cand, chunk_size=c)
                 elif not denoise_fits(cand):
                     continue
                 kind = (cand.get("swap"), cand.get("cache_dtype"))
