@@ -73,8 +73,10 @@ def _add_plan(sub) -> None:
         description="Simulate a pipeline call on the meta device (the real diffusers code, no GPU, no weights) and print "
                     "per-stage device memory (weights, inputs, activations, cache, peak) for the uncached pipeline, the "
                     "policy at its worst-case residency, and the policy with the memory plan.")
-    p.add_argument("--model", required=True, help=f"a realistic configuration ({', '.join(sorted(REALISTIC))}) or a local "
-                   "diffusers pipeline folder (its config files are read, never its weights)")
+    p.add_argument("--model", required=True, help=f"a realistic configuration ({', '.join(sorted(REALISTIC))}), a trained "
+                   "proxy of the bench (wan-proxy, unet-proxy, cogvideox-proxy: its native size; --dtype fp32 for the "
+                   "shapes the bench runs) or a local diffusers pipeline folder (its config files are read, never its "
+                   "weights)")
     for flag, what in (("--height", "pixels"), ("--width", "pixels"), ("--frames", "frames")):
         p.add_argument(flag, type=int, default=None, help=f"clip {what} (default: the configuration's or checkpoint's)")
     p.add_argument("--steps", type=int, default=50, help="denoising steps of the run (3 are simulated: later steps repeat "
