@@ -45,7 +45,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         result = plan(args.model, height=args.height, width=args.width, frames=args.frames, steps=args.steps,
                       dtype=args.dtype, policy=args.policy, memory=args.memory, fit=args.fit, attention=args.attention,
                       offload=args.offload, scale=args.scale, guidance=args.guidance, peers=args.peers,
-                      piece_overhead=args.piece_overhead)
+                      piece_overhead=args.piece_overhead,
+                      progress=None if args.quiet else (lambda line: print(f"lightcache plan: {line}", file=sys.stderr,
+                                                                            flush=True)))
     except ValueError as e:
         print(f"lightcache plan: {e}", file=sys.stderr)
         return 2
@@ -101,6 +103,8 @@ def _add_plan(sub) -> None:
                         "benchmarks/chunk_overhead.py measures it): --fit then states its expected cost in percent "
                         "(default: the cost stated as piece counts)")
     p.add_argument("--scale", default="full", help="full or tiny (the CPU smoke sizes)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (default: one per finished "
+                   "simulation)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON, - for stdout (default: "
                    "not written)")
     p.add_argument("--png", default=None, metavar="PATH", help="write a stacked-bar chart of the stages (default: "

@@ -131,7 +131,7 @@ def test_list_methods_prints_each_with_families_and_install_state(capsys):
 
 PLAN_DEFAULTS = dict(height=None, width=None, frames=None, steps=50, dtype="bf16", policy=None, memory=None, fit=None,
                      attention="auto", offload="none", guidance=None, peers=False, scale="full", json=None, png=None,
-                     piece_overhead=None)
+                     piece_overhead=None, quiet=False)
 
 
 def test_plan_flags_parse_as_before():

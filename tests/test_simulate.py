@@ -335,7 +335,19 @@ def test_cli_plan(capsys, tmp_path):
     rc = main(["plan", "--model", "ltx-video", "--scale", "tiny", "--dtype", "fp32", "--policy", "easycache",
                "--memory", "swap=on", "--json", str(out), "--png", str(png)])
     assert rc == 0
-    assert "easycache + plan" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "easycache + plan" in captured.out
+    # one progress line per simulation on stderr: uncached, the policy, the policy with the plan
+    lines = [l for l in captured.err.splitlines() if l.startswith("lightcache plan: simulation ")]
+    assert len(lines) == 3 and lines[0].startswith("lightcache plan: simulation 1: none, MemoryPlan(swap='off')")
+    assert lines[2].startswith("lightcache plan: simulation 3: easycache, MemoryPlan(swap='on')") and " s (" in lines[2]
+    assert main(["plan", "--model", "ltx-video", "--scale", "tiny", "--dtype", "fp32", "--quiet"]) == 0
+    assert "simulation" not in capsys.readouterr().err
+    seen = []
+    lightcache.plan("ltx-video", scale="tiny", dtype="fp32", policy="none", progress=seen.append)
+    assert len(seen) == 1 and seen[0].startswith("simulation 1: none")
+    with pytest.raises(ValueError, match="progress must be None or a callable"):
+        lightcache.plan("ltx-video", scale="tiny", progress="yes")
     d = json.loads(out.read_text())
     assert d["command"].startswith("lightcache plan --model ltx-video") and png.stat().st_size > 0
     assert main(["plan", "--model", "ltx-video", "--scale", "tiny", "--fit", "lots"]) == 2

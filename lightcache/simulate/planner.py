@@ -376,10 +376,12 @@ def _memory_text(memory) -> Optional[str]:
 class _Sim:
     """One built pipeline and the simulations run on it."""
 
-    def __init__(self, built, attention, steps):
+    def __init__(self, built, attention, steps, progress=None):
         self.built = built
         self.attention = attention
         self.steps = steps
+        self.progress = progress  # None, or called with one line per finished simulation
+        self.started = time.perf_counter()
         self.runs = 0
         self.memo = {}
         self.counts = {}  # memo key -> PieceCount of that simulation
@@ -407,16 +409,22 @@ class _Sim:
         self.runs += 1
         from lightcache.memory.chunk_spec import counting
 
+        t0 = time.perf_counter()
         with counting() as c:
             f = run(self.built.pipe, kw, policy=policy, memory=memory, attention=self.attention,
                     steps=min(self.steps, steps_for(policy)), offload=offload)
         self.last_count = c
+        if self.progress is not None:
+            now = time.perf_counter()
+            self.progress(f"simulation {self.runs}: {policy_name(policy)}, {_memory_text(memory) or 'no plan'}"
+                          f"{' (to the latents)' if latent_only else ''}: {now - t0:.1f} s ({now - self.started:.0f} s "
+                          "in all)")
         return f
 
 
 def plan(model, *, height=None, width=None, frames=None, steps: int = 50, dtype="bf16", policy=None,
          memory=None, fit=None, attention: str = "auto", offload: str = "none", scale: str = "full",
-         guidance=None, peers: bool = False, piece_overhead: Optional[float] = None) -> PlanResult:
+         guidance=None, peers: bool = False, piece_overhead: Optional[float] = None, progress=None) -> PlanResult:
     """Simulate ``model`` (a realistic configuration name, lightcache.bench_models.REALISTIC, or a
     local diffusers pipeline folder) on the meta device and return the :class:`PlanResult`
     (``.table()``, ``.as_dict()``, ``.plot(path)``). ``policy``: a name of :data:`POLICIES` or a
@@ -426,8 +434,9 @@ def plan(model, *, height=None, width=None, frames=None, steps: int = 50, dtype=
     ``offload``: ``"none"``, ``"model"`` or ``"group"`` (which weights stay on the device);
     ``peers``: add diffusers' FirstBlockCache, MagCache and TaylorSeer, computed from the uncached
     call's shapes (lightcache.simulate.peers); ``piece_overhead``: the share of a denoiser call one
-    extra chunk piece costs, for the expected cost in percent (the module docstring's cost model).
-    ``model`` may also be a :class:`lightcache.simulate.pipeline.Built` (a pipeline already on the
+    extra chunk piece costs, for the expected cost in percent (the module docstring's cost model);
+    ``progress``: None or a callable given one line per finished simulation (what it simulated, its
+    seconds: a ``--fit`` runs several, minutes in all on a large UNet). ``model`` may also be a :class:`lightcache.simulate.pipeline.Built` (a pipeline already on the
     meta device with its call kwargs)."""
     from lightcache.memory import MemoryPlan
     from lightcache.simulate.attention import BACKENDS
@@ -450,6 +459,8 @@ def plan(model, *, height=None, width=None, frames=None, steps: int = 50, dtype=
     if piece_overhead is not None and (isinstance(piece_overhead, bool) or not isinstance(piece_overhead, (int, float))
                                        or not 0 <= piece_overhead < 1):
         raise ValueError(f"piece_overhead must be a number in [0, 1) (a share of a denoiser call), got {piece_overhead!r}")
+    if progress is not None and not callable(progress):
+        raise ValueError(f"progress must be None or a callable taking one str, got {type(progress).__name__}")
     mem = parse_memory(memory)
     from lightcache.simulate.pipeline import Built
 
@@ -461,7 +472,7 @@ def plan(model, *, height=None, width=None, frames=None, steps: int = 50, dtype=
     pol = make_policy(policy) if policy is not None else make_policy("deepcache" if built.family == "unet"
                                                                        else "precise-flash")
     pname = policy_name(pol)
-    sim = _Sim(built, attention, steps)
+    sim = _Sim(built, attention, steps, progress)
     notes = []
     from lightcache.simulate import peers as _peers
 
