@@ -103,7 +103,7 @@ def _add_plan(sub) -> None:
                         "benchmarks/chunk_overhead.py measures it): --fit then states its expected cost in percent "
                         "(default: the cost stated as piece counts)")
     p.add_argument("--scale", default="full", help="full or tiny (the CPU smoke sizes)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (default: one per finished "
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (without it: one per finished "
                    "simulation)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON, - for stdout (default: "
                    "not written)")
