@@ -14,8 +14,9 @@ the ratios are of the median times: the process's CPU time (``time.process_time`
 thread: what the run itself costs, robust to other jobs on a shared machine), the wall-clock
 ratios recorded beside them. glibc's malloc thresholds are fixed for the run (``--malloc fixed``,
 :func:`fix_malloc`) so that no plan's time depends on the allocation history of the plans before
-it. ``paired_ratio_to_base`` is the median over rounds of each round's own ratio (a plan's CPU time over the base plan's in that round): it cancels the drift of a
-shared machine's speed between rounds. Outputs are compared with the base plan's (max abs
+it. ``paired_ratio_to_base`` is the median over rounds of each round's own ratio (a plan's CPU
+time over the base plan's in that round): it cancels the drift of a shared machine's speed
+between rounds. Outputs are compared with the base plan's (max abs
 difference). The pieces each plan runs are counted (lightcache.memory.chunk_spec.counting) and the
 planner's cost model fitted: ``piece_overhead`` = (ratio - 1) / extra pieces per denoiser call, the
 share of a denoiser call one extra piece cost here. Writes a JSON record (command, date, machine,
@@ -185,8 +186,8 @@ def fix_malloc() -> str:
     """Fix glibc malloc's thresholds for the run (mallopt: mmap above 32 MiB only, never trim), and
     say what was done. By default glibc moves its mmap threshold with every large free, so whether
     a block's tensors are fresh zeroed pages (page faults) or reused heap depends on what ran
-    before: the plans of one process time each other's allocation history (the same chunked plan
-    measured 0.84x-1.32x of no plan across runs of this script). Fixed thresholds make a CPU run
+    before: the plans of one process time each other's allocation history (the UNet proxy's chunk
+    4096 plan measured 0.84x-1.19x of no plan across runs of this script). Fixed thresholds make a CPU run
     reuse memory as a GPU's caching allocator does, so the ratios measure the plans' own work."""
     import ctypes
     import ctypes.util

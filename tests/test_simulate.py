@@ -33,6 +33,7 @@ from lightcache.simulate import attention as att
 from lightcache.simulate import parse_memory, parse_size
 from lightcache.simulate import pipeline as sp
 from lightcache.simulate.worst import worst_case
+from test_proxy import needs_unet
 
 WHOLE_CALL_TOLERANCE = 4096  # bytes; see the module doc
 # 0-d metric tensors that forced decisions never compute (EasyCache keeps one 4-byte ε per step)
@@ -383,13 +384,7 @@ def test_checkpoint_folder_is_read_from_its_configs(name, tmp_path):
         sp.build(str(tmp_path))
 
 
-def _needs_proxy(name):
-    from lightcache.proxy.load import weights_available
-
-    return pytest.mark.skipif(not weights_available(name), reason=f"the trained {name} is not in this installation")
-
-
-@_needs_proxy("unet_proxy")
+@needs_unet
 def test_unet_fit_picks_the_fewest_pieces_of_row_chunks_and_byte_budgets():
     """A UNet's fit tries per-operation byte budgets (chunk_size="auto") before row chunks: a budget
     splits only the operations wider than it. At the UNet proxy's 21.5 MiB cap (below its uncached 21.56 MiB peak, the top-resolution

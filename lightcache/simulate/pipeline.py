@@ -116,7 +116,7 @@ def build(model: str, *, scale: str = "full", dtype="bf16", height=None, width=N
         pipe.to(device)
         label, family = spec.label, spec.family
     elif isinstance(model, str) and model in PROXIES:
-        return _proxy(model, height, width, frames, dtype)
+        pipe, kw, label, family = _proxy(model, height, width, frames, dt)
     elif isinstance(model, str) and os.path.isdir(model):
         from lightcache.simulate.checkpoint import build_checkpoint
 
@@ -143,10 +143,10 @@ def build(model: str, *, scale: str = "full", dtype="bf16", height=None, width=N
 PROXIES = ("wan-proxy", "unet-proxy", "cogvideox-proxy")  # the bench's trained proxies (lightcache.proxy)
 
 
-def _proxy(name, height, width, frames, dtype) -> Built:
-    """A trained proxy of the bench (``lightcache bench --model NAME``) on the meta device, at the
-    shapes the bench runs: its native clip, CFG (with ``dtype="fp32"``, what the bench and
-    benchmarks/chunk_overhead.py run)."""
+def _proxy(name, height, width, frames, dtype):
+    """(pipeline on the meta device, call kwargs, label, family) of a trained proxy of the bench
+    (``lightcache bench --model NAME``), at the shapes the bench runs: its native clip, CFG (in
+    fp32, what the bench and benchmarks/chunk_overhead.py run)."""
     from lightcache.proxy import load
 
     if (height, width, frames) != (None, None, None):
@@ -155,18 +155,12 @@ def _proxy(name, height, width, frames, dtype) -> Built:
     if not load.weights_available(key):
         raise ValueError(f"model {name!r}: the trained proxy is not in this installation (lightcache/proxy/weights/)")
     with _quiet():
-        pipe = load.load_proxy(key, device="cpu", dtype=parse_dtype(dtype))
+        pipe = load.load_proxy(key, device="cpu", dtype=dtype)
     kw = load.call_kwargs(pipe, [0], num_inference_steps=50, output_type="pt")
     kw.pop("generator")
     pipe.to("meta")
-    pipe.set_progress_bar_config(disable=True)
-    for comp in pipe.components.values():
-        if isinstance(comp, torch.nn.Module):
-            comp.eval().requires_grad_(False)
     kw = {k: (v.to("meta") if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
-    family = "unet" if key == "unet_proxy" else "dit"
-    return Built(pipe, kw, name, f"trained proxy {key}", parse_dtype(dtype), int(kw["height"]), int(kw["width"]),
-                 int(kw["num_frames"]), family)
+    return pipe, kw, f"trained proxy {key}", "unet" if key == "unet_proxy" else "dit"
 
 
 def _nearest(value: int, factor: int, offset: int = 0) -> str:

@@ -436,8 +436,9 @@ def plan(model, *, height=None, width=None, frames=None, steps: int = 50, dtype=
     call's shapes (lightcache.simulate.peers); ``piece_overhead``: the share of a denoiser call one
     extra chunk piece costs, for the expected cost in percent (the module docstring's cost model);
     ``progress``: None or a callable given one line per finished simulation (what it simulated, its
-    seconds: a ``--fit`` runs several, minutes in all on a large UNet). ``model`` may also be a :class:`lightcache.simulate.pipeline.Built` (a pipeline already on the
-    meta device with its call kwargs)."""
+    seconds: a ``--fit`` runs several, minutes in all on a large UNet). ``model`` may also be a
+    :class:`lightcache.simulate.pipeline.Built` (a pipeline already on the meta device with its
+    call kwargs)."""
     from lightcache.memory import MemoryPlan
     from lightcache.simulate.attention import BACKENDS
 
