@@ -26,7 +26,9 @@ The chunk is a fixed number of rows, or ``"auto"``: each operation sizes it at c
 widest chunked intermediate fits a byte budget (:mod:`lightcache.memory.chunk_spec`).
 
 Per-piece cost: every piece is one more pass of a module's Python and kernel launches, so the
-hooks add nothing where no split is needed: a call that fits one chunk runs the module as it is;
+hooks add no piece where no split is needed: a call that fits one chunk runs the module as it is
+(a feed-forward the fused op may stand in for runs that op in one piece: its GELU in place on the
+one hidden buffer holds the (rows, hidden) state once, not twice, for the same arithmetic);
 the query-chunking function mode (a Python call per torch op inside the block) runs only while a
 call with those inputs may split an attention call (:class:`~lightcache.memory.chunk_attention.
 SplitMemo`); on CPU the fused FFN calls its kernel directly, without the custom op's dispatch.
@@ -262,7 +264,7 @@ class FeedForwardChunkHook(chunk_hook_base()):
         super().__init__()
         self.spec = spec
         self.split_calls = 0  # calls that ran in more than one chunk
-        self.fused_calls = 0  # of those, the ones that ran the fused op
+        self.fused_calls = 0  # calls that ran the fused op (split or in one piece)
         self._key = None
         self._parts = None
 
@@ -297,13 +299,19 @@ class FeedForwardChunkHook(chunk_hook_base()):
         width = hidden_states.shape[-1]
         rows = hidden_states.reshape(-1, width)
         chunk = self.spec.rows(self.hidden * hidden_states.element_size(), "one row of a FeedForward hidden state")
-        if rows.shape[0] <= chunk:
-            return self.fn_ref.original_forward(hidden_states, *args, **kwargs)
-        self.split_calls += 1
+        whole = rows.shape[0] <= chunk
         parts = None if args or kwargs else self.fused_parts(module, rows)  # extra arguments: let forward see them
+        if whole and parts is None:
+            return self.fn_ref.original_forward(hidden_states, *args, **kwargs)
+        # A call that fits one chunk still runs the fused op when it can, in one piece: its GELU acts in
+        # place on the one hidden buffer, so the FFN holds (rows, hidden) once instead of twice (the
+        # projection's output and the activation's), for the same arithmetic and no extra piece.
+        if not whole:
+            self.split_calls += 1
         if parts is not None:
             self.fused_calls += 1
-            count(-(-rows.shape[0] // chunk))  # the op writes each chunk's GEMM into its output rows
+            if not whole:
+                count(-(-rows.shape[0] // chunk))  # the op writes each chunk's GEMM into its output rows
             proj_in, proj_out = parts
             if torch.is_grad_enabled() or rows.device.type != "cpu" or _compiling():
                 out = torch.ops.lightcache.chunked_ffn(

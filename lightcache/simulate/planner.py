@@ -649,7 +649,10 @@ def expected_cost(sim, cand: dict, piece_overhead=None) -> dict:
     host = f.cache_host if f is not None and memory.swap == "on" else 0
     percent = None if piece_overhead is None else 100.0 * piece_overhead * extra
     parts = []
-    if memory.chunk_size:
+    if memory.chunk_size and not extra:
+        parts.append("no call splits (0 extra pieces: every chunked module fits one chunk; a feed-forward the fused "
+                     "op stands in for runs it in one piece, its GELU in place)")
+    elif memory.chunk_size:
         parts.append(f"{extra:.1f} extra pieces per denoiser call (chunked calls run {per_split or 1:.1f} pieces "
                      f"each; an extra piece: one more pass of a chunked module: its Python and kernel launches) + "
                      f"{copied / 2**20:.2f} MiB of piece copies per call")
@@ -662,7 +665,7 @@ def expected_cost(sim, cand: dict, piece_overhead=None) -> dict:
         parts.append("fp8 cache: a cast per store and fetch")
     if percent is not None:
         head = f"expected cost: ~{percent:.0f} % slower than no plan (piece_overhead {piece_overhead:g} of a call), from "
-    elif not memory.chunk_size:
+    elif not memory.chunk_size or not extra:
         head = "expected cost: ~0 % slower than no plan from chunking, from "
     else:
         head = "expected cost: extra pieces x piece_overhead (the share of a denoiser call one extra piece costs: " \
