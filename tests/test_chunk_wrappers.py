@@ -257,6 +257,41 @@ def test_wrapped_ffn_layer_is_called_not_bypassed(kind):
     assert (out - ref).abs().max().item() <= 1e-5
 
 
+def test_a_call_that_fits_one_chunk_runs_the_fused_op_in_one_piece():
+    """rows <= chunk: no split and no extra piece, but the fused op still stands in for the FFN where
+    it may, so its GELU acts in place on the one hidden buffer: the call holds (rows, hidden) once
+    instead of twice (LiveBytes peak, exact byte counts), for the same output bit for bit. A wrapped
+    FFN in one chunk runs as it is (its own forward, once)."""
+    from lightcache._live_bytes import LiveBytes
+    from lightcache.memory.chunk_spec import counting
+
+    ff, x = _ff(dim=16), _x(rows=37, dim=16)
+    row_in, row_hidden = 16 * 4, 64 * 4  # fp32 bytes of one row of the input/output and of the hidden state
+
+    def peak(fn):
+        with torch.no_grad(), LiveBytes() as lb:
+            out = fn(x)
+        return lb.peak, out
+
+    ref_peak, ref = peak(ff)
+    hooks = _ffn_hooks(ff, 37)
+    hook = ff._diffusers_hook.hooks[CHUNK_HOOK]
+    with counting() as c:
+        one_peak, out = peak(ff)
+    assert (hook.split_calls, hook.fused_calls) == (0, 1) and (c.calls, c.pieces) == (0, 0)
+    assert torch.equal(out, ref)
+    # eager: the projection's output and GELU's output alive at once, then the output row
+    assert ref_peak == 37 * (2 * row_hidden)
+    assert one_peak == 37 * (row_hidden + row_in)  # the one hidden buffer and the preallocated output
+    seen = []
+    ff.net[2].register_forward_hook(lambda m, a, o: seen.append(1))
+    with torch.no_grad():
+        wrapped = ff(x)
+    remove_chunking(hooks)
+    assert (hook.split_calls, hook.fused_calls) == (0, 1) and seen == [1]
+    assert torch.equal(wrapped, ref)
+
+
 def test_layerwise_casting_on_a_bare_ffn():
     """fp8 storage / bf16 compute (diffusers' hook registry on each Linear): the chunked call used
     to hand fp8 weights to the fused op (TypeError); it now calls the layers, equal to unchunked."""
