@@ -16,7 +16,9 @@ inputs + live bytes, every phase) fits. Two passes, the first with exact plans o
 1. denoise: no plan; ``swap="on"``; feature chunk without swap (skipped where the device cache
    alone with the weights exceeds the cap), then with swap: the largest chunk whose denoise fits
    among those that cut a DiT's tokens into equal pieces (ceil(tokens / k), k = 1, 2, ...: the
-   fewest pieces that fit, no small last piece; :func:`chunk_sizes`; UNets: 16384, 8192, ..., 256
+   fewest pieces that fit, no small last piece; :func:`chunk_sizes`; k = 1 splits no single-item
+   call, yet its plain GELU feed-forwards run the fused op in one piece, their GELU in place: on
+   the Wan proxy that alone is the 0.47 MiB the 8.1MB cap needed; UNets: 16384, 8192, ..., 256
    rows): the largest first, then galloping and bisection (the denoise peak falls as the chunk
    shrinks; the small chunks, slowest to simulate, only when the larger ones do not fit), as
    fewer, larger pieces cost less (below). A UNet's modules differ in width, so for UNets the
