@@ -51,7 +51,9 @@ def test_mochi_short_overlap_differs_and_warns(mochi_vae):
         ref = mochi_vae.decode(z).sample
         out = _decode(mochi_vae, z, memory)
     diff = (out - ref).abs().amax(dim=(0, 1, 3, 4))
-    assert diff[: 6 * 2 - 5].max() == 0  # the first slice has the whole past
+    # the first slice has the whole past: equal up to fp32 rounding (a shorter clip can take another conv
+    # kernel: exactly 0 on one CPU, 1.5e-7 on another), the same tolerance as the exact slices above
+    assert diff[: 6 * 2 - 5].max() <= 1e-5
     assert diff.max() > 1e-3  # later slices lack part of theirs
 
 
