@@ -650,11 +650,12 @@ def expected_cost(sim, cand: dict, piece_overhead=None) -> dict:
     per_split = None if count is None or not count.calls else count.pieces / count.calls
     host = f.cache_host if f is not None and memory.swap == "on" else 0
     percent = None if piece_overhead is None else 100.0 * piece_overhead * extra
+    splits = bool(memory.chunk_size) and extra > 0  # a chunk plan whose calls all fit one chunk costs no piece
     parts = []
-    if memory.chunk_size and not extra:
+    if memory.chunk_size and not splits:
         parts.append("no call splits (0 extra pieces: every chunked module fits one chunk; a feed-forward the fused "
                      "op stands in for runs it in one piece, its GELU in place)")
-    elif memory.chunk_size:
+    elif splits:
         parts.append(f"{extra:.1f} extra pieces per denoiser call (chunked calls run {per_split or 1:.1f} pieces "
                      f"each; an extra piece: one more pass of a chunked module: its Python and kernel launches) + "
                      f"{copied / 2**20:.2f} MiB of piece copies per call")
@@ -667,7 +668,7 @@ def expected_cost(sim, cand: dict, piece_overhead=None) -> dict:
         parts.append("fp8 cache: a cast per store and fetch")
     if percent is not None:
         head = f"expected cost: ~{percent:.0f} % slower than no plan (piece_overhead {piece_overhead:g} of a call), from "
-    elif not memory.chunk_size or not extra:
+    elif not splits:
         head = "expected cost: ~0 % slower than no plan from chunking, from "
     else:
         head = "expected cost: extra pieces x piece_overhead (the share of a denoiser call one extra piece costs: " \
