@@ -9,14 +9,26 @@ Cases (each: one pipeline, one policy, a base plan and the plans compared with i
   plan against swap alone, the bench's "+mem" plan and, with ``--fit``, the plan
   ``lightcache.plan(..., fit=CAP)`` picks for the proxy (issue target: ≤ 1.05×).
 
-Each round runs every plan of a case once, in alternating order (one warm-up run each first);
-the ratios are of the median times: the process's CPU time (``time.process_time``, one torch
+The instrument (``--instrument``):
+
+* ``steady`` (default): what a user sees who enables once and generates many videos. Each plan
+  gets its own copy of the pipeline (``copy.deepcopy``: the same weights), enabled once; its first
+  call (which opens the swap's host rings: pinned allocation and first touch of the slabs) is
+  timed apart as ``first_call_cpu_s``, one more call warms it, then each round calls every plan's
+  pipeline once, in alternating order. An A/A control, the base plan on one more copy (``--control``,
+  on by default), measures the instrument itself: its ratio to the base is the resolution.
+* ``per-run``: every timed run enables the policy and plan, calls the pipeline once and disables
+  it, on one pipeline (so each run pays the first call's ring opening).
+
+The ratios are of the median times: the process's CPU time (``time.process_time``, one torch
 thread: what the run itself costs, robust to other jobs on a shared machine), the wall-clock
 ratios recorded beside them. glibc's malloc thresholds are fixed for the run (``--malloc fixed``,
 :func:`fix_malloc`) so that no plan's time depends on the allocation history of the plans before
 it. ``paired_ratio_to_base`` is the median over rounds of each round's own ratio (a plan's CPU
 time over the base plan's in that round): it cancels the drift of a shared machine's speed
-between rounds. Outputs are compared with the base plan's (max abs
+between rounds; ``ratio_to_base_95ci`` is the 95 % bootstrap interval of the ratio of medians
+(rounds resampled): on a 2-core VM whose speed varies by ±6 % from one call to the next it takes
+tens of rounds to resolve a few percent. Outputs are compared with the base plan's (max abs
 difference). The pieces each plan runs are counted (lightcache.memory.chunk_spec.counting) and the
 planner's cost model fitted: ``piece_overhead`` = (ratio - 1) / extra pieces per denoiser call, the
 share of a denoiser call one extra piece cost here. Writes a JSON record (command, date, machine,
@@ -24,12 +36,13 @@ versions, times, ratios, pieces, the fit's choice and expected cost).
 
     python benchmarks/chunk_overhead.py [--cases animatediff,wan-proxy,unet-proxy] [--rounds 5]
         [--fit wan-proxy=8.1MB,unet-proxy=21.5MiB+20MiB] [--malloc fixed|default]
-        [--json benchmarks/results/chunk_overhead_cpu.json]
+        [--instrument steady|per-run] [--no-control] [--json benchmarks/results/chunk_overhead_cpu.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import platform
@@ -94,8 +107,8 @@ def _fit_plan(name, cap, piece_overhead=None):
     return fit, plan, res.seconds, res.table()
 
 
-def _counted(pipe, kw, policy, plan):
-    """(extra pieces per denoiser call, denoiser calls) of one run of ``plan``."""
+def _counted(pipe, kw, run):
+    """(extra pieces per denoiser call, denoiser calls) of ``run()`` (one call of ``pipe``)."""
     from lightcache.memory.chunk_spec import counting
 
     den = getattr(pipe, "transformer", None) or pipe.unet
@@ -103,30 +116,116 @@ def _counted(pipe, kw, policy, plan):
     handle = den.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
         with counting() as c:
-            _timed(pipe, kw, policy, plan)
+            run()
     finally:
         handle.remove()
     return (c.pieces - c.calls) / max(1, len(calls)), len(calls)
 
 
+def _call(pipe, kw):
+    """((CPU s, wall s), output) of one call of an enabled pipeline."""
+    w, c = time.perf_counter(), time.process_time()
+    out = pipe(**kw, generator=torch.Generator("cpu").manual_seed(0)).frames
+    return (time.process_time() - c, time.perf_counter() - w), torch.as_tensor(out)
+
+
 def _timed(pipe, kw, policy, plan):
+    """One call of ``pipe`` with ``plan`` enabled for it alone (the per-run instrument)."""
     lightcache.enable(pipe, policy=policy(), memory=plan)
     try:
-        w, c = time.perf_counter(), time.process_time()
-        out = pipe(**kw, generator=torch.Generator("cpu").manual_seed(0)).frames
-        return (time.process_time() - c, time.perf_counter() - w), torch.as_tensor(out)
+        return _call(pipe, kw)
     finally:
         lightcache.disable(pipe)
 
 
-def run_case(name, steps, rounds, fit=None, also=()):
+class _PerRun:
+    """Every timed run enables the plan, calls the one pipeline and disables it."""
+
+    def __init__(self, pipe, kw, policy, plans):
+        self.pipe, self.kw, self.policy, self.plans = pipe, kw, policy, plans
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def first(self, name):
+        return _timed(self.pipe, self.kw, self.policy, self.plans[name])
+
+    def run(self, name):
+        return _timed(self.pipe, self.kw, self.policy, self.plans[name])
+
+    def counted(self, name):
+        return _counted(self.pipe, self.kw, lambda: self.run(name))
+
+
+class _Steady:
+    """Each plan on its own copy of the pipeline (the same weights), enabled once for the whole run."""
+
+    def __init__(self, pipe, kw, policy, plans):
+        self.kw, self.plans = kw, plans
+        self.pipes = {}
+        try:
+            for name, plan in plans.items():
+                p = copy.deepcopy(pipe)
+                p.set_progress_bar_config(disable=True)
+                lightcache.enable(p, policy=policy(), memory=plan)
+                self.pipes[name] = p
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.pipes.values():
+            lightcache.disable(p)
+        self.pipes = {}
+        return False
+
+    def first(self, name):
+        first = _call(self.pipes[name], self.kw)  # opens the swap's rings
+        _call(self.pipes[name], self.kw)  # and one warm call
+        return first
+
+    def run(self, name):
+        return _call(self.pipes[name], self.kw)
+
+    def counted(self, name):
+        return _counted(self.pipes[name], self.kw, lambda: self.run(name))
+
+
+INSTRUMENTS = {"steady": _Steady, "per-run": _PerRun}
+
+
+def _bootstrap_ci(times, base_times, resamples=2000, seed=0):
+    """95 % interval of the ratio of median CPU times, by resampling the rounds (each round's pair
+    of times kept together) with a fixed seed: how far the noise of a shared machine moves it."""
+    import random
+
+    rng = random.Random(seed)
+    n = len(times)
+    if n < 2:
+        return [float("nan"), float("nan")]
+    ratios = []
+    for _ in range(resamples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        ratios.append(statistics.median(times[i] for i in idx) / statistics.median(base_times[i] for i in idx))
+    ratios.sort()
+    return [ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]]
+
+
+def run_case(name, steps, rounds, fit=None, also=(), instrument="steady", control=True):
     from lightcache.simulate.planner import parse_memory
 
     pipe, kw, desc, policy, plans = CASES[name](steps)
     for spec in also:  # plans given on the command line ("swap=on,chunk_size=4096")
         plans[spec] = parse_memory(spec)
     pipe.set_progress_bar_config(disable=True)
-    record = {"case": name, "model": desc, "policy": policy().__class__.__name__, "steps": steps, "rounds": rounds}
+    record = {"case": name, "model": desc, "policy": policy().__class__.__name__, "steps": steps, "rounds": rounds,
+              "instrument": instrument}
     if fit is not None and name != "animatediff":
         record["fit"] = []
         for cap in fit.split("+"):
@@ -141,19 +240,29 @@ def run_case(name, steps, rounds, fit=None, also=()):
                                   "table": table})
             if plan is not None:
                 plans[f"fit {cap}"] = plan
+    base = next(iter(plans))
+    if control and instrument == "steady":  # the A/A control: the base plan on another copy
+        plans[f"{base} (A/A)"] = plans[base]
     names = list(plans)
-    base = names[0]
-    outs = {n: _timed(pipe, kw, policy, plans[n])[1] for n in names}  # warm-up, and the outputs compared
-    times = {n: [] for n in names}
-    walls = {n: [] for n in names}
-    for r in range(rounds):
-        order = names if r % 2 == 0 else names[::-1]
-        for n in order:
-            (cpu, wall), _ = _timed(pipe, kw, policy, plans[n])
-            times[n].append(cpu)
-            walls[n].append(wall)
+    with INSTRUMENTS[instrument](pipe, kw, policy, plans) as inst:
+        firsts = {n: inst.first(n) for n in names}  # warm-up, and the outputs compared
+        outs = {n: out for n, (_, out) in firsts.items()}
+        times = {n: [] for n in names}
+        walls = {n: [] for n in names}
+        for r in range(rounds):
+            order = names if r % 2 == 0 else names[::-1]
+            for n in order:
+                (cpu, wall), _ = inst.run(n)
+                times[n].append(cpu)
+                walls[n].append(wall)
+        # the planner's cost model: slowdown = extra pieces per denoiser call x piece_overhead; measured here
+        try:
+            extra = {n: inst.counted(n)[0] for n in names}
+        except ImportError:  # a lightcache without piece counting (an older checkout, for before/after)
+            extra = {n: 0.0 for n in names}
     med = {n: statistics.median(v) for n, v in times.items()}
     record["plans"] = {n: (None if p is None else repr(p)) for n, p in plans.items()}
+    record["first_call_cpu_s"] = {n: t[0] for n, (t, _) in firsts.items()}
     record["cpu_times_s"] = times
     record["wall_times_s"] = walls
     record["median_cpu_s"] = med
@@ -161,19 +270,17 @@ def run_case(name, steps, rounds, fit=None, also=()):
     record["wall_ratio_to_base"] = {n: record["median_wall_s"][n] / record["median_wall_s"][base] for n in names}
     record["ratio_to_base"] = {n: med[n] / med[base] for n in names}
     record["paired_ratio_to_base"] = {n: statistics.median(a / b for a, b in zip(times[n], times[base])) for n in names}
+    record["ratio_to_base_95ci"] = {n: _bootstrap_ci(times[n], times[base]) for n in names}
     record["max_abs_diff_to_base"] = {n: float((outs[n].float() - outs[base].float()).abs().max()) for n in names}
-    # the planner's cost model: slowdown = extra pieces per denoiser call x piece_overhead; measured here
-    try:
-        extra = {n: _counted(pipe, kw, policy, plans[n])[0] for n in names}
-    except ImportError:  # a lightcache without piece counting (an older checkout, for before/after)
-        extra = {n: 0.0 for n in names}
     record["extra_pieces_per_denoiser_call"] = extra
     record["piece_overhead"] = {n: ((med[n] / med[base] - 1) / (extra[n] - extra[base]) if extra[n] > extra[base]
                                     else None) for n in names}
     for n in names:
         o = record["piece_overhead"][n]
         print(f"{name:12s} {n:22s} median cpu {med[n] * 1e3:7.1f} ms ratio {med[n] / med[base]:.3f} "
+              f"[95% CI {record['ratio_to_base_95ci'][n][0]:.3f}-{record['ratio_to_base_95ci'][n][1]:.3f}] "
               f"(paired {record['paired_ratio_to_base'][n]:.3f}, wall {record['wall_ratio_to_base'][n]:.3f})  "
+              f"first call {record['first_call_cpu_s'][n] * 1e3:7.1f} ms  "
               f"max|diff| {record['max_abs_diff_to_base'][n]:.2e}  extra pieces/call {extra[n]:.1f}"
               + ("" if o is None else f"  piece_overhead {o:.4f}"))
     for f in [f for f in record.get("fit", []) if "error" not in f]:
@@ -214,6 +321,11 @@ def main(argv=None):
                     help="another plan to time for a case, e.g. unet-proxy:swap=on,chunk_size=4096 (repeatable)")
     ap.add_argument("--malloc", choices=("fixed", "default"), default="fixed",
                     help="glibc malloc thresholds: fixed for the run (default; see fix_malloc) or glibc's own")
+    ap.add_argument("--instrument", choices=tuple(INSTRUMENTS), default="steady",
+                    help="steady: each plan on its own pipeline copy, enabled once (default); "
+                         "per-run: enable, call, disable around every timed run")
+    ap.add_argument("--no-control", dest="control", action="store_false",
+                    help="steady instrument: leave out the A/A control (the base plan on one more copy)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -231,7 +343,9 @@ def main(argv=None):
         "malloc": malloc,
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "python": platform.python_version(), "lightcache": getattr(lightcache, "__version__", None)},
-        "cases": [run_case(c, args.steps, args.rounds, fits.get(c), [s for k, s in also if k == c])
+        "instrument": args.instrument,
+        "cases": [run_case(c, args.steps, args.rounds, fits.get(c), [s for k, s in also if k == c],
+                           args.instrument, args.control)
                   for c in args.cases.split(",")],
     }
     if args.json:

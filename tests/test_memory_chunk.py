@@ -478,6 +478,71 @@ def test_dit_few_large_pieces_run_the_block_whole():
     assert (math_out - ref).abs().max().item() <= 1e-5
 
 
+def test_dit_call_that_fits_one_piece_runs_the_block_as_it_is(monkeypatch):
+    """A chunk that holds every row: the block runs its own forward once, bit for bit, without the
+    walk over its modules (_applies) or the query-chunking mode (its attention fits the chunk too),
+    even where the pieces would not apply (a custom processor); neither split nor fallback is counted."""
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    class Custom(WanAttnProcessor):
+        pass
+
+    model, kw = _dit_case("wan", frames=2, size=4, layers=2)
+    blocks = _dit_blocks(model)
+    blocks[1].attn1.set_processor(Custom())
+    ref = _model_out(model, kw)
+    walked = []
+    real_applies = DitChunkHook._applies
+    monkeypatch.setattr(DitChunkHook, "_applies", lambda self, m, a: walked.append(m) or real_applies(self, m, a))
+    hooked = install_chunking(blocks, 10**6, model=model)
+    try:
+        out = _model_out(model, kw)
+        hooks = _hooks(hooked, DIT_HOOK)
+    finally:
+        remove_chunking(hooked)
+    assert torch.equal(out, ref) and walked == []
+    assert [(h.split_calls, h.fallback_calls, h._memo.mode_calls) for h in hooks] == [(0, 0, 0)] * 2
+
+
+def test_dit_hook_names_the_arguments_as_bind_does():
+    """The hook's cheap argument map is inspect's bind(...).arguments for positional, keyword and
+    mixed calls; a call bind refuses (unknown or doubled keyword, too many positionals) maps to None
+    (bind is then asked, and raises the block's own TypeError), and so does any call of a block
+    whose forward takes *args/**kwargs."""
+    model, kw = _dit_case("wan", frames=2, size=4, layers=1)
+    block = _dit_blocks(model)[0]
+    args, kwargs = _block_call(model, kw, block)
+    hooked = install_chunking([block], 8, model=model)
+    try:
+        hook = _hooks(hooked, DIT_HOOK)[0]
+        names = list(inspect.signature(type(block).forward).parameters)[1:]
+        everything = dict(zip(names, args), **kwargs)
+        calls = [(args, kwargs), ((), everything), (tuple(everything.values())[:2], dict(list(everything.items())[2:]))]
+        for a, k in calls:
+            mine, theirs = hook._arguments(block, a, k), hook._sig.bind(block, *a, **k).arguments
+            assert list(mine) == list(theirs) and all(mine[n] is theirs[n] for n in theirs)
+        for a, k in [(args, dict(kwargs, nonsense=1)), (args, {names[0]: args[0]}), (args + (None,) * 9, {})]:
+            assert hook._arguments(block, a, k) is None
+            with pytest.raises(TypeError):
+                hook._sig.bind(block, *a, **k)
+        with pytest.raises(TypeError, match="nonsense"):
+            block(*args, **dict(kwargs, nonsense=1))
+    finally:
+        remove_chunking(hooked)
+
+    class Loose(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(2, 2)
+
+        def forward(self, hidden_states, *rest, **more):
+            return hidden_states
+
+    loose = DitChunkHook(hook.spec, hook.family)
+    loose.initialize_hook(Loose())
+    assert loose._arguments(None, (torch.zeros(1),), {}) is None
+
+
 def _block_call(model, kw, block):
     """The (args, kwargs) ``block`` gets in ``model``'s call."""
     got = []

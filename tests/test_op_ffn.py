@@ -183,6 +183,22 @@ def test_memory_bounded_by_chunk_cpu():
     assert ours.peak < full_hidden / 2
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_one_chunk_of_rows_equals_the_loop_and_its_peak(bias):
+    """2-D rows that fit one chunk (the chunk hook's unsplit call) take the loop-free path: bit for
+    bit the loop's result (the same kernels: the (1, L, D) view of the same rows goes through the
+    loop) and the same peak, rows x (hidden + out)."""
+    rows, d, hid, out = 40, 32, 128, 24
+    x, w1, b1, w2, b2, _, _ = make((rows, d), None, False, bias, torch.float32, "cpu", d, hid, out)
+    with LiveBytes() as fast:
+        y = ref_chunked_ffn(x, w1, b1, w2, b2, rows)
+    with LiveBytes() as loop:
+        y_loop = ref_chunked_ffn(x.unsqueeze(0), w1, b1, w2, b2, rows)
+    assert torch.equal(y, y_loop.squeeze(0))
+    torch.testing.assert_close(y, eager_ffn(x, w1, b1, w2, b2), atol=1e-5, rtol=1e-5)
+    assert fast.peak == loop.peak == rows * (hid + out) * 4, (fast.peak, loop.peak)
+
+
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_memory_bounded_by_chunk_cuda(dtype):

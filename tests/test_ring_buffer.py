@@ -132,6 +132,29 @@ def test_copies_of_mixed_sizes_complete_in_issue_order(make_ring):
         assert torch.equal(r.fetch(0), small[:256] - i)
 
 
+@pytest.mark.parametrize("slot_bytes", [(1 << 16) + 3, 3 << 20])  # odd: slot 1 starts off any 16-byte line
+def test_stores_at_every_alignment_and_size_round_trip(make_ring, slot_bytes):
+    """The CPU engine writes stores of 4 KiB and more with non-temporal stores (a 16-byte-aligned
+    body, head and tail by memcpy), inline or on the worker (above 1 MiB): every source offset and
+    slot alignment, sizes around the 4 KiB threshold and the 64-byte block, come back byte for byte."""
+    r = make_ring(slot_bytes=slot_bytes, num_slots=2)
+    base = torch.randint(0, 256, (slot_bytes + 64,), dtype=torch.uint8)
+    sizes = [1, 4095, 4096, 4097, 4096 + 63, 4096 + 64, 40_001, slot_bytes - 16]
+    if slot_bytes > (1 << 20):
+        sizes += [(1 << 20) + 1, slot_bytes]
+    for n in sizes:
+        for offset in (0, 1, 7, 15):
+            if offset + n > base.numel():
+                continue
+            src = base[offset : offset + n]
+            for key in (0, 1):  # the two slots: aligned and not
+                r.store(src, key)
+            for key in (0, 1):
+                assert torch.equal(r.fetch(key), src), (n, offset, key)
+            r.release(0)
+            r.release(1)
+
+
 def test_stress_random_cycles(make_ring):
     """>= 10,000 random store/prefetch/fetch/release cycles with random sizes and dtypes; every
     byte that comes back is checked, evictions included."""

@@ -359,6 +359,13 @@ class DitChunkHook(chunk_hook_base()):
 
     def initialize_hook(self, module):
         self._sig = inspect.signature(type(module).forward)
+        first, *params = self._sig.parameters.values()  # first: the block itself
+        self._self_name = first.name
+        # the parameter names when a call's arguments map onto them without inspect's bind (no *args,
+        # **kwargs or positional-only parameters): the map bind's .arguments gives, at a fraction of its cost
+        plain = all(p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params)
+        self._names = tuple(p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD) if plain else None
+        self._known = frozenset(p.name for p in params) if plain else None
         self.width = _widest_row(module)
         self._memo = SplitMemo(self._attention_rows, attention_modules(module), self.spec)
         return module
@@ -393,10 +400,25 @@ class DitChunkHook(chunk_hook_base()):
             todo.extend(d["_modules"].values())
         return True
 
+    def _arguments(self, module, args, kwargs) -> Optional[dict]:
+        """The call's arguments by name (what ``signature.bind(...).arguments`` gives), or None when
+        only bind can say (a signature with *args/**kwargs, or a call bind would refuse)."""
+        names = self._names
+        if names is None or len(args) > len(names):
+            return None
+        a = {self._self_name: module}
+        a.update(zip(names, args))
+        for k, v in kwargs.items():
+            if k in a or k not in self._known:
+                return None  # bind raises the TypeError the block's own forward would
+            a[k] = v
+        return a
+
     def new_forward(self, module, *args, **kwargs):
         fwd = self.fn_ref.original_forward
-        bound = self._sig.bind(module, *args, **kwargs)
-        a = bound.arguments
+        a = self._arguments(module, args, kwargs)
+        if a is None:
+            a = self._sig.bind(module, *args, **kwargs).arguments
         fam = self.family
         # the cheap tests first: the walk over the block's modules (_applies) only where its verdict matters
         if torch.is_grad_enabled() or not fam.supported(a):
@@ -415,12 +437,14 @@ class DitChunkHook(chunk_hook_base()):
             # (measured: Wan at 128 of 512 tokens peaks at 6.8 full rows, the whole block with
             # query-chunked attention and chunked FFN at 6.5): few large pieces lose to it
             return self._whole(module, fwd, args, kwargs)
+        if batch * key_len <= rows:
+            # one piece: the block as it is; its attention fits the chunk too (a query row's scores are
+            # part of row_bytes), so neither the walk below nor the query-chunking mode has work to do
+            return fwd(*args, **kwargs)
         if not self._applies(module, a):
             return self._whole(module, fwd, args, kwargs)
-        if batch * key_len <= rows:
-            return fwd(*args, **kwargs)
         self.split_calls += 1
-        return self._run(module, fwd, bound, fam, tokens, n_video, n_text)
+        return self._run(module, fwd, self._sig.bind(module, *args, **kwargs), fam, tokens, n_video, n_text)
 
     def _whole(self, module, fwd, args, kwargs):
         """The block in one call, attention over query chunks (and FFNs chunked by their hooks):

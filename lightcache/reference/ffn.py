@@ -24,6 +24,14 @@ def chunked_ffn(
     gate: Optional[Tensor] = None,
     residual: Optional[Tensor] = None,
 ) -> Tensor:
+    if gate is None and residual is None and x.dim() == 2 and 0 < x.shape[0] <= chunk_size:
+        # one chunk of rows (the chunk hook's call that fits): the same three kernels without the
+        # loop's views; the hidden buffer is the first GEMM's own output, so the peak is the same
+        # (rows x hidden, then the output next to it)
+        w1t, w2t = w1.t(), w2.t()
+        h = torch.addmm(b1, x, w1t) if b1 is not None else torch.mm(x, w1t)
+        torch.ops.aten.gelu_(h, approximate="tanh")
+        return torch.addmm(b2, h, w2t) if b2 is not None else torch.mm(h, w2t)
     out_shape = tuple(x.shape[:-1]) + (w2.shape[0],)
     out = x.new_empty(out_shape)
     # Work on (B, L, .) views so 2-D and 3-D inputs share one loop.
