@@ -109,3 +109,47 @@ def test_flash_block_work_per_window():
     computed = [True] * 8
     ran = drive(Scripted(mode="flash", signal="input"), computed, branches=("joint",))
     assert sum(len(ran[t, "joint"]) for t in range(8)) == 2 * (6 + 3 * 3)
+
+
+class StoresEverything(Scripted):
+    """The former BlockCache: every computed block's residual stored, pivotal-only calls included."""
+
+    def block_end(self, state, call, index, block, args, kwargs, out):
+        if state.refreshing.get(call.branch, True):
+            return super().block_end(state, call, index, block, args, kwargs, out)
+        adapter = state.run.adapter
+        for s, (o, i) in enumerate(zip(adapter.output_streams(out), adapter.block_streams(block, args, kwargs))):
+            state.store.put((call.branch, "block", index, s), o - i)
+        return out
+
+
+class Counting(DeviceStore):
+    def __init__(self):
+        super().__init__()
+        self.block_puts = []
+
+    def put(self, key, value):
+        if key[1] == "block":
+            self.block_puts.append(key)
+        return super().put(key, value)
+
+
+@pytest.mark.parametrize("computed", [[True] * 9, [True, True, False, True, False, True, True, True, True]])
+def test_pivotal_only_calls_store_no_residual_and_change_nothing(computed, monkeypatch):
+    """A pivotal-only call's residuals are never read (the window reuses the refresh call's D_j;
+    the next refresh stores every block again): such calls store none (with swap: no copy to the
+    host), refresh calls store every block, and the blocks run and the final latents are those of
+    a policy that stores every computed residual, exactly."""
+    results = {}
+    for cls in (Scripted, StoresEverything):
+        store = Counting()
+        monkeypatch.setattr("test_precisecache_window.DeviceStore", lambda: store)
+        ran = drive(cls(mode="flash", block_ratio=0.5, refresh_steps=2, signal="input"), computed)
+        results[cls] = (ran, store)
+    (ran, store), (ran_all, store_all) = results[Scripted], results[StoresEverything]
+    assert ran == ran_all
+    refreshes = [(t, br) for (t, br), blocks in ran.items() if blocks == list(range(len(SCALES)))]
+    pivotal_only = [(t, br) for (t, br), blocks in ran.items() if blocks and blocks != list(range(len(SCALES)))]
+    assert refreshes and pivotal_only
+    assert len(store.block_puts) == len(refreshes) * len(SCALES)
+    assert len(store_all.block_puts) == len(store.block_puts) + sum(len(ran[k]) for k in pivotal_only)

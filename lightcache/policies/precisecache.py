@@ -5,8 +5,10 @@ LFCache. At every step after warm-up a cheap signal F_t is formed and
 is accumulated over reused steps: A += s_t. The step is recomputed when A > α · max_{t' ≤ t} s_t'
 (then A = 0); otherwise the step returns the branch's cached prediction v_i.
 
-BlockCache. Inside computed steps, per block j and stream the residual D_j = out_j − in_j is kept.
-A refresh step runs all blocks and ranks them by mean|D_j| (all streams); the top ``block_ratio``
+BlockCache. Inside computed steps, per block j and stream the residual D_j = out_j − in_j is kept
+(stored by the refresh steps, which run every block; the pivotal blocks of the other computed steps
+store none: their residuals are never read). A refresh step ranks the blocks by mean|D_j| (all
+streams); the top ``block_ratio``
 fraction are pivotal and are the only blocks recomputed in the next L = ``refresh_steps``
 computed steps (the paper's "for the next L computed steps"); the others return in_j + D_j. The
 computed step after those L refreshes again: a window is 1 refresh + L pivotal-only steps, so
@@ -318,6 +320,11 @@ class PreciseCache(CachePolicy):
         return adapter.pack_streams(tuple(outs))
 
     def block_end(self, state: PreciseCacheState, call: CallInfo, index: int, block, args, kwargs, out):
+        if not state.refreshing.get(call.branch, True):
+            # a pivotal block of a pivotal-only call: its residual is never read (the window's reused
+            # blocks read the refresh call's D_j; the next refresh recomputes every block and stores
+            # them all again), so neither computing nor storing it (no copy to the host with swap)
+            return out
         adapter = state.run.adapter
         ins = adapter.block_streams(block, args, kwargs)
         residuals = [o - i for o, i in zip(adapter.output_streams(out), ins)]
