@@ -11,14 +11,22 @@ Cases (each: one pipeline, one policy, a base plan and the plans compared with i
 
 The instrument (``--instrument``):
 
-* ``steady`` (default): what a user sees who enables once and generates many videos. Each plan
-  gets its own copy of the pipeline (``copy.deepcopy``: the same weights), enabled once; its first
-  call (which opens the swap's host rings: pinned allocation and first touch of the slabs) is
-  timed apart as ``first_call_cpu_s``, one more call warms it, then each round calls every plan's
-  pipeline once, in alternating order. An A/A control, the base plan on one more copy (``--control``,
-  on by default), measures the instrument itself: its ratio to the base is the resolution.
-* ``per-run``: every timed run enables the policy and plan, calls the pipeline once and disables
-  it, on one pipeline (so each run pays the first call's ring opening).
+* ``warm`` (default): steady-state calls, every plan on the same weights in the same memory. Each
+  timed run enables the policy and plan on the one pipeline, calls it once untimed (the first
+  call after enable opens the swap's host rings: pinned allocation and first touch of the slabs),
+  times the next call and disables.
+* ``steady``: what a user sees who enables once and generates many videos. Each plan gets its own
+  copy of the pipeline (``copy.deepcopy``: the same weights), enabled once; then each round calls
+  every plan's pipeline once. Each copy's weights sit at other addresses, which on this 2-core VM
+  moved one plan's ratio by up to ±3 % from one process to the next (swap: 1.002 and 1.043 in two
+  201-round runs): ``warm`` has no such bias.
+* ``per-run``: every timed run enables the plan, calls the pipeline once and disables it (so each
+  run pays the first call's ring opening).
+
+Each instrument times the first call after enable apart (``first_call_cpu_s``), once per plan,
+before the rounds; each round runs every plan once, in alternating order. An A/A control, the base
+plan a second time (``--no-control`` leaves it out), measures the instrument itself: its ratio to
+the base is the resolution.
 
 The ratios are of the median times: the process's CPU time (``time.process_time``, one torch
 thread: what the run itself costs, robust to other jobs on a shared machine), the wall-clock
@@ -36,7 +44,7 @@ versions, times, ratios, pieces, the fit's choice and expected cost).
 
     python benchmarks/chunk_overhead.py [--cases animatediff,wan-proxy,unet-proxy] [--rounds 5]
         [--fit wan-proxy=8.1MB,unet-proxy=21.5MiB+20MiB] [--malloc fixed|default]
-        [--instrument steady|per-run] [--no-control] [--json benchmarks/results/chunk_overhead_cpu.json]
+        [--instrument warm|steady|per-run] [--no-control] [--json benchmarks/results/chunk_overhead_cpu.json]
 """
 
 from __future__ import annotations
@@ -160,6 +168,20 @@ class _PerRun:
         return _counted(self.pipe, self.kw, lambda: self.run(name))
 
 
+class _Warm(_PerRun):
+    """Every timed run enables the plan on the one pipeline, calls it once untimed (the first call
+    after enable opens the swap's host rings), times the next call and disables: steady-state calls,
+    every plan on the same weights in the same memory."""
+
+    def run(self, name):
+        lightcache.enable(self.pipe, policy=self.policy(), memory=self.plans[name])
+        try:
+            _call(self.pipe, self.kw)
+            return _call(self.pipe, self.kw)
+        finally:
+            lightcache.disable(self.pipe)
+
+
 class _Steady:
     """Each plan on its own copy of the pipeline (the same weights), enabled once for the whole run."""
 
@@ -197,7 +219,7 @@ class _Steady:
         return _counted(self.pipes[name], self.kw, lambda: self.run(name))
 
 
-INSTRUMENTS = {"steady": _Steady, "per-run": _PerRun}
+INSTRUMENTS = {"warm": _Warm, "steady": _Steady, "per-run": _PerRun}
 
 
 def _bootstrap_ci(times, base_times, resamples=2000, seed=0):
@@ -217,7 +239,7 @@ def _bootstrap_ci(times, base_times, resamples=2000, seed=0):
     return [ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]]
 
 
-def run_case(name, steps, rounds, fit=None, also=(), instrument="steady", control=True):
+def run_case(name, steps, rounds, fit=None, also=(), instrument="warm", control=True):
     from lightcache.simulate.planner import parse_memory
 
     pipe, kw, desc, policy, plans = CASES[name](steps)
@@ -241,7 +263,7 @@ def run_case(name, steps, rounds, fit=None, also=(), instrument="steady", contro
             if plan is not None:
                 plans[f"fit {cap}"] = plan
     base = next(iter(plans))
-    if control and instrument == "steady":  # the A/A control: the base plan on another copy
+    if control:  # the A/A control: the base plan again (on another copy with the steady instrument)
         plans[f"{base} (A/A)"] = plans[base]
     names = list(plans)
     with INSTRUMENTS[instrument](pipe, kw, policy, plans) as inst:
@@ -321,11 +343,12 @@ def main(argv=None):
                     help="another plan to time for a case, e.g. unet-proxy:swap=on,chunk_size=4096 (repeatable)")
     ap.add_argument("--malloc", choices=("fixed", "default"), default="fixed",
                     help="glibc malloc thresholds: fixed for the run (default; see fix_malloc) or glibc's own")
-    ap.add_argument("--instrument", choices=tuple(INSTRUMENTS), default="steady",
-                    help="steady: each plan on its own pipeline copy, enabled once (default); "
-                         "per-run: enable, call, disable around every timed run")
+    ap.add_argument("--instrument", choices=tuple(INSTRUMENTS), default="warm",
+                    help="warm (default): enable, an untimed call, the timed call, disable, on one pipeline; "
+                         "steady: each plan on its own pipeline copy, enabled once; "
+                         "per-run: enable, the timed call, disable")
     ap.add_argument("--no-control", dest="control", action="store_false",
-                    help="steady instrument: leave out the A/A control (the base plan on one more copy)")
+                    help="leave out the A/A control (the base plan timed twice per round)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
