@@ -6,8 +6,9 @@ A ring is one host slab (page-locked when possible) split into ``num_slots`` slo
 * ``store(src, key)``: copies ``src`` into a free slot, device->host, asynchronously: on CUDA on a
   side stream ordered after the work already queued on the producer (current) stream; on CPU on a
   worker thread (a copy of at most 1 MiB issued while no copy is in flight runs on the calling
-  thread: cheaper than waking the worker; either way in issue order). Storing an existing key
-  replaces it.
+  thread: cheaper than waking the worker; either way in issue order; the host slot is written
+  around the cache with non-temporal stores, as a stored feature is not read again until a later
+  step). Storing an existing key replaces it.
 * ``prefetch(key, dst)``: starts the host->device copy into ``dst`` (on CUDA on a copy stream,
   ordered after the consumer stream's queued work, so ``dst`` is free to overwrite).
 * ``fetch(key, dst=None)``: makes the consumer stream wait for the key's data in ``dst`` (copying
