@@ -22,8 +22,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu" / "run.sh"
-STEPS = ["env", "build", "cuda_tests", "large_opcheck", "e2e", "microbench", "wan13_bench", "engine_overhead", "ctest"]
-RESULT_FILES = {"summary.txt", "env.txt", "logs.txt", "microbench.json", "bench-wan13.json", "engine_overhead.json"}
+STEPS = ["env", "build", "cuda_tests", "large_opcheck", "e2e", "microbench", "wan13_bench", "engine_overhead",
+         "plan_vs_alloc", "ctest"]
+RESULT_FILES = {"summary.txt", "env.txt", "logs.txt", "microbench.json", "bench-wan13.json", "engine_overhead.json",
+                "plan_vs_allocator.json"}
 LINE = re.compile(r"^(\S+) rc=(\S+) seconds=(\d+) figure=(.*)$")
 
 
@@ -70,10 +72,12 @@ def test_dry_run_runs_every_step(tmp_path):
     assert re.search(r"\d+ benchmarks: rel_l1", rows["microbench"][2])
     assert "easycache+mem" in rows["wan13_bench"][2]
     assert "median ratio" in rows["engine_overhead"][2]
-    assert rows["total"][0] == "0" and "9 passed, 0 failed, 0 skipped of 9 steps" in rows["total"][2]
+    # the CPU stand-in: the CPU tracker equals the simulation, every stage of every scenario
+    assert "measured/simulated 1.000-1.000 over 9 stage peaks" in rows["plan_vs_alloc"][2]
+    assert rows["total"][0] == "0" and "10 passed, 0 failed, 0 skipped of 10 steps" in rows["total"][2]
     files = {p.name for p in out.iterdir()}
     assert files <= RESULT_FILES and len(files) <= 8, files
-    for name in ("microbench.json", "bench-wan13.json", "engine_overhead.json"):
+    for name in ("microbench.json", "bench-wan13.json", "engine_overhead.json", "plan_vs_allocator.json"):
         json.loads((out / name).read_text())
     assert "== wan13_bench" in (out / "logs.txt").read_text()
     assert "dry run 1" in (out / "env.txt").read_text()

@@ -15,6 +15,8 @@
 #   microbench      pytest benchmarks/ -k cuda --benchmark-only (the issue sizes; microbench.json)
 #   wan13_bench     lightcache bench at Wan2.1-1.3B size, reduced (bench-wan13.json)
 #   engine_overhead benchmarks/engine_overhead.py --device cuda (engine_overhead.json)
+#   plan_vs_alloc   benchmarks/plan_vs_allocator.py: lightcache plan's stage peaks against the CUDA
+#                   allocator's, Wan2.1-1.3B 240x416x17 bf16 (plan_vs_allocator.json)
 #   ctest           the C++ ring tests (CPU + CUDA engine) built with CMake
 #
 # Environment:
@@ -23,6 +25,7 @@
 #   RESERVE_S       seconds kept back for the end (default 10; dry run 2)
 #   OUT             result folder (default benchmarks/results/gpu-<UTC date-time>); at most 8 files:
 #                   summary.txt env.txt logs.txt microbench.json bench-wan13.json engine_overhead.json
+#                   plan_vs_allocator.json
 #   STEPS           comma-separated subset of the steps above (default: all)
 #   PYTHON          interpreter (default python3)
 #   DRY_RUN=1       no GPU needed: each step prints its real command and runs a small CPU stand-in
@@ -73,14 +76,16 @@ now_ms() { # wall clock in milliseconds (bash 5's EPOCHREALTIME, else date)
 T0=$(now_ms)
 elapsed_s() { echo $((($(now_ms) - T0) / 1000)); }
 
-STEP_NAMES=(env build cuda_tests large_opcheck e2e microbench wan13_bench engine_overhead ctest)
+STEP_NAMES=(env build cuda_tests large_opcheck e2e microbench wan13_bench engine_overhead plan_vs_alloc ctest)
 # name -> "min timeout" in seconds, real run and dry run; and what each step needs to have passed
 declare -A REAL=([env]="5 60" [build]="45 240" [cuda_tests]="60 180" [large_opcheck]="20 90" [e2e]="30 150"
-                 [microbench]="30 120" [wan13_bench]="90 210" [engine_overhead]="20 60" [ctest]="30 120")
+                 [microbench]="30 120" [wan13_bench]="90 210" [engine_overhead]="20 60" [plan_vs_alloc]="40 180"
+                 [ctest]="30 120")
 declare -A DRY=([env]="1 30" [build]="1 30" [cuda_tests]="2 60" [large_opcheck]="2 60" [e2e]="2 60"
-                [microbench]="2 60" [wan13_bench]="3 90" [engine_overhead]="2 60" [ctest]="1 30")
+                [microbench]="2 60" [wan13_bench]="3 90" [engine_overhead]="2 60" [plan_vs_alloc]="2 60"
+                [ctest]="1 30")
 declare -A NEEDS=([cuda_tests]=build [large_opcheck]=build [e2e]=build [microbench]=build [wan13_bench]=build
-                  [engine_overhead]=build)
+                  [engine_overhead]=build [plan_vs_alloc]=build)
 
 if [ -n "${STEPS:-}" ]; then
   IFS=',' read -r -a _sel <<<"$STEPS"
@@ -339,6 +344,18 @@ PY
 }
 fig_engine_overhead() { grep -m1 'engine overhead' "$1" || tail -n 1 "$1"; }
 
+step_plan_vs_alloc() {
+  local json=$OUT/plan_vs_allocator.json
+  if [ "$LC_DRY" = 1 ]; then
+    echo "dry run: would run: $PY benchmarks/plan_vs_allocator.py --device cuda --json $json"
+    # the CPU tracker stands in for the allocator, at the tiny scale on a small clip
+    "$PY" benchmarks/plan_vs_allocator.py --device cpu --scale tiny --height 64 --width 64 --frames 5 --json "$json"
+    return
+  fi
+  "$PY" benchmarks/plan_vs_allocator.py --device cuda --json "$json"
+}
+fig_plan_vs_alloc() { grep -m1 '/simulated .* over' "$1" || tail -n 1 "$1"; }
+
 step_ctest() {
   local b=$WORK/cmake
   if [ "$LC_DRY" = 1 ]; then
@@ -359,7 +376,7 @@ fig_ctest() {
 }
 
 export -f have_xdist pytest_args step_env step_build step_cuda_tests step_large_opcheck step_e2e step_microbench \
-  step_wan13_bench step_engine_overhead step_ctest
+  step_wan13_bench step_engine_overhead step_plan_vs_alloc step_ctest
 
 # ---- the runner ---------------------------------------------------------------------------------
 declare -A RC=()
