@@ -35,7 +35,7 @@ ratios recorded beside them. glibc's malloc thresholds are fixed for the run (``
 it. ``paired_ratio_to_base`` is the median over rounds of each round's own ratio (a plan's CPU
 time over the base plan's in that round): it cancels the drift of a shared machine's speed
 between rounds; ``ratio_to_base_95ci`` is the 95 % bootstrap interval of the ratio of medians
-(rounds resampled): on a 2-core VM whose speed varies by ±6 % from one call to the next it takes
+(rounds resampled): on a 2-core VM where one call's CPU time varies by ±12 % from the next, it takes
 tens of rounds to resolve a few percent. Outputs are compared with the base plan's (max abs
 difference). The pieces each plan runs are counted (lightcache.memory.chunk_spec.counting) and the
 planner's cost model fitted: ``piece_overhead`` = (ratio - 1) / extra pieces per denoiser call, the
